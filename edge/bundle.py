@@ -1,0 +1,93 @@
+"""Model bundles: ``NAME.tflite`` plus ``NAME.json`` describing how to feed it.
+
+The JSON is the contract between training and the daemon. Fields:
+
+- ``name``, ``version``: shown in stats and ``check``.
+- ``labels``: class names in the model's output order.
+- ``input_size``, ``channels``: the face tensor is input_size x input_size x channels.
+- ``normalization``: ``"folded"`` (the graph normalises raw 0..255 pixels itself) —
+  the only form the daemon feeds; anything else is refused with a clear error.
+- ``crop_margin``: the margin added on each side of the detector box before the
+  square crop (see :func:`edge.preprocess.square_box`).
+- ``metrics``, ``training_data``, ``created``, ``untrained``: informational;
+  ``untrained: true`` marks a placeholder that ``check`` warns about.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MODEL_NAME = "deepfer_fernet_int8"
+
+
+class BundleError(ValueError):
+    """A model bundle is missing or malformed; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    tflite: Path
+    name: str
+    version: str
+    labels: tuple[str, ...]
+    input_size: int
+    channels: int
+    crop_margin: float
+    normalization: str = "folded"
+    untrained: bool = False
+    metrics: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def edgetpu_tflite(self) -> Path:
+        return self.tflite.with_name(self.tflite.stem + "_edgetpu.tflite")
+
+
+def default_bundle_path() -> Path:
+    return Path(str(resources.files("edge") / "models" / f"{DEFAULT_MODEL_NAME}.tflite"))
+
+
+def load_bundle(path: str | Path | None = None) -> ModelBundle:
+    """Load a bundle from its ``.tflite`` or ``.json`` path (None = the shipped default)."""
+    p = Path(path) if path else default_bundle_path()
+    tflite = p.with_suffix(".tflite") if p.suffix == ".json" else p
+    if tflite.name.endswith("_edgetpu.tflite"):
+        tflite = tflite.with_name(tflite.name.replace("_edgetpu.tflite", ".tflite"))
+    meta_path = tflite.with_suffix(".json")
+    if not tflite.is_file():
+        raise BundleError(f"model file {tflite} does not exist; set classifier.model to a bundle's .tflite (with its .json beside it)")
+    if not meta_path.is_file():
+        raise BundleError(f"model metadata {meta_path} is missing; a bundle is NAME.tflite plus NAME.json (deepfer-train export writes both)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BundleError(f"model metadata {meta_path} is not valid JSON: {exc}") from None
+    try:
+        labels = tuple(str(x) for x in meta["labels"])
+        size = int(meta["input_size"])
+        channels = int(meta.get("channels", 1))
+        margin = float(meta.get("crop_margin", 0.1))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"model metadata {meta_path} lacks or mistypes a field ({exc}); needs labels, input_size, channels, crop_margin") from None
+    if len(labels) < 2 or size < 8 or channels not in (1, 3) or not 0 <= margin < 1:
+        raise BundleError(f"model metadata {meta_path}: labels, input_size, channels (1 or 3) or crop_margin out of range")
+    norm = str(meta.get("normalization", "folded"))
+    if norm != "folded":
+        raise BundleError(f"model metadata {meta_path}: normalization {norm!r} is not supported; export with normalisation folded into the graph")
+    return ModelBundle(
+        tflite=tflite,
+        name=str(meta.get("name", tflite.stem)),
+        version=str(meta.get("version", "0")),
+        labels=labels,
+        input_size=size,
+        channels=channels,
+        crop_margin=margin,
+        normalization=norm,
+        untrained=bool(meta.get("untrained", False)),
+        metrics=dict(meta.get("metrics", {})),
+        meta=meta,
+    )

@@ -1,0 +1,103 @@
+"""Face crop and tensor preparation, shared by the daemon and by training.
+
+Training imports this module so that a face reaches the network the same way in
+both places: same square crop, same margin, same grayscale conversion, same
+resize interpolation. The network itself folds pixel normalisation into its
+graph, so the tensor produced here is raw uint8 pixels.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+
+
+class Box(NamedTuple):
+    """A face box in frame pixels: left, top, width, height."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+
+    @property
+    def area(self) -> int:
+        return max(0, self.w) * max(0, self.h)
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """Return a 2-D uint8 grayscale view of a gray, BGR or BGRA image."""
+    if image.ndim == 2:
+        gray = image
+    elif image.ndim == 3 and image.shape[2] == 1:
+        gray = image[:, :, 0]
+    elif image.ndim == 3 and image.shape[2] == 3:
+        gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    elif image.ndim == 3 and image.shape[2] == 4:
+        gray = cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY)
+    else:
+        raise ValueError(f"unsupported image shape {image.shape}: expected HxW, HxWx1, HxWx3 or HxWx4")
+    if gray.dtype != np.uint8:
+        # Float frames in [0, 1] (some decoders) and 16-bit frames both map onto 0..255.
+        if np.issubdtype(gray.dtype, np.floating) and float(np.nanmax(gray, initial=0.0)) <= 1.0:
+            gray = gray * 255.0
+        elif gray.dtype == np.uint16:
+            gray = gray / 257.0
+        gray = np.clip(gray, 0, 255).astype(np.uint8)
+    return gray
+
+
+def square_box(box: Box, margin: float) -> tuple[int, int, int]:
+    """Grow a detector box into a centred square with ``margin`` added on every side.
+
+    FER2013 faces are square, roughly eyebrow-to-chin crops with a little border;
+    detectors return boxes of varying aspect, so the square keeps the face's
+    proportions when it is resized to the network's input.
+    Returns (left, top, side).
+    """
+    side = max(box.w, box.h) * (1.0 + 2.0 * margin)
+    cx = box.x + box.w / 2.0
+    cy = box.y + box.h / 2.0
+    side_i = max(1, int(round(side)))
+    return int(round(cx - side / 2.0)), int(round(cy - side / 2.0)), side_i
+
+
+def crop_face(gray: np.ndarray, box: Box, margin: float) -> np.ndarray:
+    """Cut the square face crop out of a grayscale frame, replicating edges past the border."""
+    left, top, side = square_box(box, margin)
+    h, w = gray.shape[:2]
+    x0, y0, x1, y1 = max(left, 0), max(top, 0), min(left + side, w), min(top + side, h)
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError(f"face box {tuple(box)} lies outside the {w}x{h} frame")
+    crop = gray[y0:y1, x0:x1]
+    pad = (y0 - top, top + side - y1, x0 - left, left + side - x1)
+    if any(pad):
+        crop = cv2.copyMakeBorder(crop, *pad, borderType=cv2.BORDER_REPLICATE)
+    return crop
+
+
+def resize_face(face: np.ndarray, size: int) -> np.ndarray:
+    """Resize a square grayscale face to ``size`` x ``size`` uint8.
+
+    INTER_AREA when shrinking (what FER2013's own 48x48 crops look like: no
+    aliasing), INTER_LINEAR when enlarging.
+    """
+    if face.shape[0] == size and face.shape[1] == size:
+        return face
+    interp = cv2.INTER_AREA if face.shape[0] >= size else cv2.INTER_LINEAR
+    return cv2.resize(face, (size, size), interpolation=interp)
+
+
+def face_tensor(image: np.ndarray, size: int, channels: int = 1) -> np.ndarray:
+    """Turn a face image (any size, gray/BGR/BGRA) into the network's HxWxC uint8 input."""
+    face = resize_face(to_gray(image), size)
+    if channels == 1:
+        return face[:, :, None]
+    return np.repeat(face[:, :, None], channels, axis=2)
+
+
+def frame_face_tensor(gray_frame: np.ndarray, box: Box, size: int, margin: float, channels: int = 1) -> np.ndarray:
+    """Crop one detected face from a grayscale frame and prepare it for the network."""
+    return face_tensor(crop_face(gray_frame, box, margin), size, channels)

@@ -1,0 +1,196 @@
+"""FER2013-style data loaders: the Kaggle CSV, ``.npz`` arrays and a folder per class.
+
+Every loader returns :class:`FaceSet` objects holding 48x48 (or ``size``) uint8
+faces that went through :func:`edge.preprocess.face_tensor`, the same function
+the daemon uses, so a face is prepared identically for training and inference.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge.labels import EMOTIONS
+from edge.preprocess import face_tensor
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".webp", ".tif", ".tiff"}
+# Kaggle's CSV names its splits this way; PublicTest is the usual validation split.
+CSV_SPLITS = {"train": ("Training",), "val": ("PublicTest",), "test": ("PrivateTest",)}
+# Folder datasets name classes in many ways; map the common spellings onto ours.
+FOLDER_ALIASES = {
+    "anger": "angry", "angry": "angry",
+    "disgust": "disgust", "disgusted": "disgust",
+    "fear": "fear", "fearful": "fear", "scared": "fear",
+    "happy": "happy", "happiness": "happy", "joy": "happy",
+    "sad": "sad", "sadness": "sad",
+    "surprise": "surprise", "surprised": "surprise",
+    "neutral": "neutral",
+}
+
+
+class DataError(ValueError):
+    """Bad or missing training data; the message names the file (and row) and the fix."""
+
+
+@dataclass
+class FaceSet:
+    """Faces and labels of one split."""
+
+    x: np.ndarray  # (N, S, S) uint8
+    y: np.ndarray  # (N,) int64, index into EMOTIONS
+    source: str
+
+    def __post_init__(self) -> None:
+        if len(self.x) == 0:
+            raise DataError(f"{self.source}: the split is empty; check the file and the split name")
+        if len(self.x) != len(self.y):
+            raise DataError(f"{self.source}: {len(self.x)} images but {len(self.y)} labels")
+        bad = (self.y < 0) | (self.y >= len(EMOTIONS))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise DataError(
+                f"{self.source}: label {int(self.y[i])} at index {i} is outside 0..{len(EMOTIONS) - 1} "
+                f"({', '.join(EMOTIONS)})"
+            )
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.y, minlength=len(EMOTIONS))
+
+    def take(self, n: int, seed: int = 0) -> "FaceSet":
+        """A class-stratified-by-chance random subset of at most ``n`` faces."""
+        if n >= len(self):
+            return self
+        idx = np.random.default_rng(seed).choice(len(self), size=n, replace=False)
+        return FaceSet(self.x[idx], self.y[idx], f"{self.source}[{n}]")
+
+
+def _resize_all(x: np.ndarray, size: int) -> np.ndarray:
+    if x.shape[1:] == (size, size):
+        return x
+    return np.stack([face_tensor(img, size)[:, :, 0] for img in x])
+
+
+def load_npz(path: Path, size: int = 48) -> FaceSet:
+    try:
+        with np.load(path) as data:
+            if "x" not in data or "y" not in data:
+                raise DataError(f"{path}: an .npz needs arrays 'x' (N,H,W) uint8 and 'y' (N,); found {sorted(data.files)}")
+            x, y = data["x"], data["y"]
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"{path}: cannot read as .npz ({exc})") from exc
+    if x.ndim == 4 and x.shape[-1] == 1:
+        x = x[..., 0]
+    if x.ndim != 3:
+        raise DataError(f"{path}: 'x' has shape {x.shape}; expected (N, H, W) grayscale faces")
+    if x.dtype != np.uint8:
+        x = np.clip(x, 0, 255).astype(np.uint8)
+    return FaceSet(_resize_all(x, size), y.astype(np.int64), str(path))
+
+
+def load_csv(path: Path, split: str, size: int = 48) -> FaceSet:
+    """Kaggle ``fer2013.csv``: ``emotion,pixels,Usage``; ``split`` is train, val or test."""
+    usages = CSV_SPLITS.get(split, (split,))
+    xs: list[np.ndarray] = []
+    ys: list[int] = []
+    try:
+        fh = open(path, newline="")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot open ({exc.strerror})") from exc
+    with fh:
+        reader = csv.DictReader(fh)
+        need = {"emotion", "pixels"}
+        if reader.fieldnames is None or not need <= set(reader.fieldnames):
+            raise DataError(f"{path}: expected a header with columns emotion,pixels[,Usage]; got {reader.fieldnames}")
+        has_usage = "Usage" in reader.fieldnames
+        for row_no, row in enumerate(reader, start=2):
+            if has_usage and row["Usage"] not in usages:
+                continue
+            try:
+                label = int(row["emotion"])
+                pixels = np.array(row["pixels"].split(), dtype=np.int64)
+            except (ValueError, AttributeError) as exc:
+                raise DataError(f"{path}:{row_no}: corrupt row ({exc})") from exc
+            side = int(round(np.sqrt(pixels.size)))
+            if side * side != pixels.size or pixels.size == 0:
+                raise DataError(f"{path}:{row_no}: {pixels.size} pixels is not a square image (FER2013 rows hold 2304 = 48x48)")
+            if pixels.min() < 0 or pixels.max() > 255:
+                raise DataError(f"{path}:{row_no}: pixel values must lie in 0..255")
+            if not 0 <= label < len(EMOTIONS):
+                raise DataError(f"{path}:{row_no}: emotion {label} is outside 0..{len(EMOTIONS) - 1}")
+            xs.append(pixels.astype(np.uint8).reshape(side, side))
+            ys.append(label)
+    if not xs:
+        raise DataError(f"{path}: no rows for split {split!r} (Usage in {usages}); check the file and --split")
+    x = np.stack([face_tensor(img, size)[:, :, 0] for img in xs])
+    return FaceSet(x, np.array(ys, dtype=np.int64), f"{path}[{split}]")
+
+
+def load_folder(root: Path, size: int = 48) -> FaceSet:
+    """A folder per class: ``root/<emotion>/*.jpg`` (also ``root/<split>/<emotion>/``, see :func:`load`)."""
+    classes = sorted(p for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"{root}: no class folders; expected {root}/<emotion>/*.jpg with emotions {', '.join(EMOTIONS)}")
+    xs: list[np.ndarray] = []
+    ys: list[int] = []
+    for folder in classes:
+        name = FOLDER_ALIASES.get(folder.name.lower())
+        if name is None:
+            raise DataError(
+                f"{folder}: unknown class folder {folder.name!r}; rename it to one of {', '.join(EMOTIONS)}"
+            )
+        label = EMOTIONS.index(name)
+        for file in sorted(folder.iterdir()):
+            if file.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            img = cv2.imread(str(file), cv2.IMREAD_UNCHANGED)
+            if img is None or img.size == 0:
+                raise DataError(f"{file}: cannot decode the image; delete or replace it")
+            xs.append(face_tensor(img, size)[:, :, 0])
+            ys.append(label)
+    if not xs:
+        raise DataError(f"{root}: the class folders hold no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return FaceSet(np.stack(xs), np.array(ys, dtype=np.int64), str(root))
+
+
+def load(path: str | Path, split: str = "train", size: int = 48) -> FaceSet:
+    """Load a split from a CSV, an ``.npz`` or a folder; the format follows the path."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p}: no such file or folder")
+    if p.is_dir():
+        sub = p / split
+        return load_folder(sub if sub.is_dir() else p, size)
+    if p.suffix == ".npz":
+        return load_npz(p, size)
+    if p.suffix == ".csv":
+        return load_csv(p, split, size)
+    raise DataError(f"{p}: unknown data format; use a Kaggle fer2013 .csv, an .npz or a folder per class")
+
+
+def split_off(data: FaceSet, fraction: float, seed: int) -> tuple[FaceSet, FaceSet]:
+    """Hold out a stratified ``fraction`` for validation when no separate split is given."""
+    rng = np.random.default_rng(seed)
+    val_idx: list[np.ndarray] = []
+    for c in range(len(EMOTIONS)):
+        idx = np.flatnonzero(data.y == c)
+        rng.shuffle(idx)
+        val_idx.append(idx[: int(round(len(idx) * fraction))])
+    v = np.concatenate(val_idx)
+    mask = np.ones(len(data), bool)
+    mask[v] = False
+    return (
+        FaceSet(data.x[mask], data.y[mask], f"{data.source}[train]"),
+        FaceSet(data.x[v], data.y[v], f"{data.source}[holdout]"),
+    )

@@ -1,0 +1,264 @@
+"""Training: recipe, augmentation pipeline, two-stage transfer learning, resume.
+
+A run folder holds everything needed to reproduce or continue a run:
+``recipe.json`` (every setting and the seed), ``backup/`` (Keras
+BackupAndRestore state, so ``--resume`` continues mid-schedule),
+``best.keras`` (best validation accuracy so far), ``history.csv`` and, at the
+end, ``model.keras``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge.labels import EMOTIONS
+from train.data import FaceSet, load, split_off
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Recipe:
+    """Everything that decides a training run; saved as ``recipe.json`` in the run folder."""
+
+    data: str = ""
+    val_data: str = ""
+    val_split: str = "val"
+    arch: str = "fernet"  # fernet | mobilenetv2 | mobilenetv3small | mobilenetv3large
+    width: float = 1.0
+    input_size: int = 48
+    weights: str = "none"  # none | imagenet | PATH (backbone weights, for keras.applications archs)
+    epochs: int = 30
+    head_epochs: int = 3  # stage 1 (frozen backbone) when weights are pretrained
+    batch_size: int = 128
+    lr: float = 2e-3
+    fine_tune_lr: float = 3e-4
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    class_weight_power: float = 0.5  # 0 = none, 1 = inverse frequency, 0.5 = its square root
+    dropout: float = 0.3
+    bn_momentum: float = 0.9
+    # Augmentation (fractions as Keras layers take them).
+    rotation_deg: float = 12.0
+    zoom: float = 0.12
+    translate: float = 0.08
+    flip: bool = True
+    brightness: float = 0.25
+    contrast: float = 0.25
+    seed: int = 1337
+    limit: int = 0  # use at most this many training faces (0 = all); for smoke tests
+    holdout: float = 0.1  # fraction held out when no val_data is given
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def pretrained(self) -> bool:
+        return self.weights not in ("", "none") and self.arch != "fernet"
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> "Recipe":
+        raw = json.loads(path.read_text())
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(raw) - known
+        if unknown:
+            raise ValueError(f"{path}: unknown recipe keys {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**raw)
+
+
+def load_splits(recipe: Recipe) -> tuple[FaceSet, FaceSet]:
+    train = load(recipe.data, "train", recipe.input_size)
+    if recipe.val_data:
+        val = load(recipe.val_data, recipe.val_split, recipe.input_size)
+    elif Path(recipe.data).suffix == ".csv":
+        val = load(recipe.data, "val", recipe.input_size)
+    else:
+        train, val = split_off(train, recipe.holdout, recipe.seed)
+    if recipe.limit:
+        train = train.take(recipe.limit, recipe.seed)
+    return train, val
+
+
+def class_weights(counts: np.ndarray, power: float) -> dict[int, float]:
+    counts = np.maximum(counts.astype(np.float64), 1.0)
+    w = (counts.sum() / counts) ** power
+    w = w / (w * counts).sum() * counts.sum()  # mean weight per sample stays 1
+    return {i: float(v) for i, v in enumerate(w)}
+
+
+def augmentation(recipe: Recipe):
+    import keras
+    from keras import layers
+
+    steps = []
+    if recipe.flip:
+        steps.append(layers.RandomFlip("horizontal", seed=recipe.seed))
+    if recipe.rotation_deg:
+        steps.append(layers.RandomRotation(recipe.rotation_deg / 360.0, fill_mode="reflect", seed=recipe.seed + 1))
+    if recipe.zoom:
+        steps.append(layers.RandomZoom((-recipe.zoom, recipe.zoom), fill_mode="reflect", seed=recipe.seed + 2))
+    if recipe.translate:
+        steps.append(layers.RandomTranslation(recipe.translate, recipe.translate, fill_mode="reflect", seed=recipe.seed + 3))
+    if recipe.brightness:
+        steps.append(layers.RandomBrightness(recipe.brightness, value_range=(0, 255), seed=recipe.seed + 4))
+    if recipe.contrast:
+        steps.append(layers.RandomContrast(recipe.contrast, value_range=(0, 255), seed=recipe.seed + 5))
+    return keras.Sequential(steps, name="augment")
+
+
+def make_datasets(recipe: Recipe, train: FaceSet, val: FaceSet):
+    import tensorflow as tf
+
+    n_cls = len(EMOTIONS)
+    weights = class_weights(train.class_counts(), recipe.class_weight_power)
+    w_table = tf.constant([weights[i] for i in range(n_cls)], tf.float32)
+    aug = augmentation(recipe)
+
+    def prep(x, y):
+        x = tf.cast(x[..., None], tf.float32)
+        return x, tf.one_hot(y, n_cls)
+
+    def augment(x, y):
+        x = tf.clip_by_value(aug(x, training=True), 0.0, 255.0)
+        # Sample weights rather than Keras' class_weight: the latter does not
+        # combine with one-hot targets (which label smoothing needs).
+        return x, y, tf.gather(w_table, tf.argmax(y, axis=-1))
+
+    ds_train = (
+        tf.data.Dataset.from_tensor_slices((train.x, train.y))
+        .shuffle(len(train), seed=recipe.seed, reshuffle_each_iteration=True)
+        .batch(recipe.batch_size, drop_remainder=False)
+        .map(prep, num_parallel_calls=tf.data.AUTOTUNE)
+        .map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    ds_val = (
+        tf.data.Dataset.from_tensor_slices((val.x, val.y))
+        .batch(256)
+        .map(prep, num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    return ds_train, ds_val, weights
+
+
+def build(recipe: Recipe):
+    from train.model import build_application, build_fernet
+
+    if recipe.arch == "fernet":
+        return build_fernet(recipe.input_size, 1, len(EMOTIONS), recipe.width, recipe.dropout, recipe.bn_momentum), None
+    return build_application(
+        recipe.arch, recipe.input_size, 1, len(EMOTIONS), recipe.width, recipe.weights, recipe.dropout
+    )
+
+
+def _schedule(lr: float, total_steps: int, warmup_steps: int):
+    import keras
+
+    return keras.optimizers.schedules.CosineDecay(
+        0.0 if warmup_steps else lr,
+        decay_steps=max(1, total_steps - warmup_steps),
+        alpha=0.01,
+        warmup_target=lr if warmup_steps else None,
+        warmup_steps=warmup_steps,
+    )
+
+
+def _compile(model, recipe: Recipe, lr: float, epochs: int, steps_per_epoch: int) -> None:
+    import keras
+
+    warmup = int(recipe.warmup_epochs * steps_per_epoch)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(_schedule(lr, epochs * steps_per_epoch, warmup), weight_decay=recipe.weight_decay),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=recipe.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"), keras.metrics.TopKCategoricalAccuracy(2, name="top2")],
+    )
+
+
+class EpochSummary:
+    """One readable line per epoch in the log, beside Keras' own progress bar."""
+
+    def __new__(cls, stage: str):
+        import keras
+
+        class _Summary(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                logs = logs or {}
+                log.info(
+                    "%s epoch %d: loss %.4f acc %.4f | val_loss %.4f val_acc %.4f val_top2 %.4f",
+                    stage, epoch + 1, logs.get("loss", math.nan), logs.get("accuracy", math.nan),
+                    logs.get("val_loss", math.nan), logs.get("val_accuracy", math.nan), logs.get("val_top2", math.nan),
+                )
+
+        return _Summary()
+
+
+def _run_stage(model, recipe: Recipe, run: Path, stage: str, epochs: int, lr: float, ds_train, ds_val, verbose: int):
+    import keras
+
+    steps = math.ceil(ds_train.cardinality().numpy())
+    _compile(model, recipe, lr, epochs, steps)
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(run / "backup" / stage), delete_checkpoint=False),
+        keras.callbacks.ModelCheckpoint(str(run / "best.keras"), monitor="val_accuracy", mode="max", save_best_only=True),
+        keras.callbacks.CSVLogger(str(run / "history.csv"), append=True),
+        EpochSummary(stage),
+    ]
+    model.fit(ds_train, validation_data=ds_val, epochs=epochs, callbacks=callbacks, verbose=verbose)
+
+
+def fit(recipe: Recipe, run: Path, resume: bool = False, verbose: int = 1) -> Path:
+    """Train as ``recipe`` says into ``run``; returns the path of the best model."""
+    import keras
+
+    from train.model import freeze_batchnorm
+
+    run.mkdir(parents=True, exist_ok=True)
+    saved = run / "recipe.json"
+    if resume:
+        if not saved.exists():
+            raise FileNotFoundError(f"{run}: no recipe.json to resume from; start the run without --resume")
+        recipe = Recipe.load(saved)
+        log.info("resuming %s from its last checkpoint", run)
+    else:
+        if (run / "backup").exists():
+            raise FileExistsError(f"{run} already holds a run; pass --resume to continue it or choose another --out")
+        recipe.save(saved)
+    keras.utils.set_random_seed(recipe.seed)
+    os.environ.setdefault("TF_DETERMINISTIC_OPS", "0")
+
+    train, val = load_splits(recipe)
+    log.info("train %d faces %s | val %d faces (%s)", len(train), train.class_counts().tolist(), len(val), val.source)
+    ds_train, ds_val, weights = make_datasets(recipe, train, val)
+    log.info("class weights %s", {EMOTIONS[k]: round(v, 2) for k, v in weights.items()})
+
+    model, backbone = build(recipe)
+    log.info("model %s: %d parameters", model.name, model.count_params())
+    if recipe.pretrained and backbone is not None:
+        done_marker = run / "backup" / "head.done"
+        if not done_marker.exists():
+            backbone.trainable = False
+            _run_stage(model, recipe, run, "head", recipe.head_epochs, recipe.lr, ds_train, ds_val, verbose)
+            done_marker.parent.mkdir(parents=True, exist_ok=True)
+            model.save(run / "head.keras")
+            done_marker.touch()
+        else:
+            model = keras.models.load_model(run / "head.keras")
+            backbone = model.get_layer(index=3)
+        backbone.trainable = True
+        freeze_batchnorm(backbone)
+        _run_stage(model, recipe, run, "finetune", recipe.epochs, recipe.fine_tune_lr, ds_train, ds_val, verbose)
+    else:
+        _run_stage(model, recipe, run, "train", recipe.epochs, recipe.lr, ds_train, ds_val, verbose)
+    model.save(run / "model.keras")
+    best = run / "best.keras"
+    return best if best.exists() else run / "model.keras"
