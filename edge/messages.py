@@ -1,0 +1,67 @@
+"""Message envelope: schema version, timestamp, device id and a per-topic sequence number.
+
+Every JSON payload the daemon sends carries ``v``, ``ts`` (ISO 8601 UTC),
+``device_id`` and ``seq``; ``seq`` rises by one per message on each topic so a
+subscriber can tell whether anything was lost. The sequence counters can be
+kept in a small JSON file so they continue across daemon restarts (needed when
+undelivered events are persisted too).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from edge.protocols import Message
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+RETAINED_TOPICS = frozenset({"state", "stats"})
+
+
+def utc_now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Envelope:
+    """Stamps payloads; thread-safe. ``state_file`` (optional) keeps ``seq`` across restarts."""
+
+    def __init__(self, device_id: str, state_file: Path | None = None) -> None:
+        self.device_id = device_id
+        self._state_file = state_file
+        self._lock = threading.Lock()
+        self._seq: dict[str, int] = {}
+        if state_file is not None and state_file.exists():
+            try:
+                self._seq = {str(k): int(v) for k, v in json.loads(state_file.read_text()).items()}
+            except (OSError, ValueError, AttributeError) as exc:
+                log.warning("sequence file %s unreadable (%s); sequences restart at 1", state_file, exc)
+
+    def next_seq(self, topic: str) -> int:
+        with self._lock:
+            seq = self._seq.get(topic, 0) + 1
+            self._seq[topic] = seq
+            if self._state_file is not None:
+                self._save()
+            return seq
+
+    def _save(self) -> None:
+        assert self._state_file is not None
+        tmp = self._state_file.with_suffix(".tmp")
+        try:
+            self._state_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(self._seq))
+            os.replace(tmp, self._state_file)
+        except OSError as exc:
+            log.warning("cannot save sequence numbers to %s: %s", self._state_file, exc)
+
+    def message(self, topic: str, body: dict[str, Any], qos: int = 1) -> Message:
+        payload = {"v": SCHEMA_VERSION, "ts": utc_now_iso(), "device_id": self.device_id, "seq": self.next_seq(topic)}
+        payload.update(body)
+        return Message(topic=topic, payload=payload, retain=topic in RETAINED_TOPICS, qos=qos)
