@@ -14,6 +14,13 @@ import cv2
 import numpy as np
 
 
+# Margin added on each side of a detector box before the square crop. FER2013's
+# faces were registered a little wider than a frontal detector's box (forehead
+# and chin fully in view); the model bundle records the margin it was trained
+# for, and this is the value the training package writes there.
+DEFAULT_CROP_MARGIN = 0.1
+
+
 class Box(NamedTuple):
     """A face box in frame pixels: left, top, width, height."""
 

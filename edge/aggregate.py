@@ -1,0 +1,164 @@
+"""From tracks to messages: events per track change, a state summary per window, periodic stats."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edge.messages import Envelope
+from edge.protocols import Message
+from edge.settings import EventsSettings
+from edge.tracker import Track, TrackEvent
+
+STAGES = ("capture", "detect", "classify", "publish", "total")
+
+
+@dataclass
+class StageTimes:
+    """Recent per-stage latencies (seconds) in bounded rings; percentiles on demand."""
+
+    size: int = 2048
+    rings: dict[str, deque[float]] = field(default_factory=dict)
+
+    def add(self, stage: str, seconds: float) -> None:
+        ring = self.rings.get(stage)
+        if ring is None:
+            ring = self.rings[stage] = deque(maxlen=self.size)
+        ring.append(seconds)
+
+    def summary_ms(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for stage in STAGES:
+            ring = self.rings.get(stage)
+            if ring:
+                p50, p95 = np.percentile(np.fromiter(ring, float), [50, 95]) * 1000.0
+                out[stage] = {"p50": round(float(p50), 3), "p95": round(float(p95), 3)}
+        return out
+
+
+class Aggregator:
+    """Turns tracker output into ``events``, ``state`` and ``stats`` messages."""
+
+    def __init__(
+        self,
+        settings: EventsSettings,
+        labels: Sequence[str],
+        envelope: Envelope,
+        info: Mapping[str, Any],
+        event_qos: int = 1,
+        status_provider: Callable[[], Mapping[str, Any]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.labels = tuple(labels)
+        self.envelope = envelope
+        self.info = dict(info)  # backend, model, source: static parts of stats
+        self.event_qos = event_qos
+        self.clock = clock
+        self.status_provider = status_provider  # sink counters for stats
+        self.times = StageTimes()
+        now = clock()
+        self.started = now
+        self._window_start = now
+        self._stats_start = now
+        self._reset_window()
+        self._frames_in_total = 0
+        self._processed_total = 0
+        self._dropped_total = 0
+        self._stats_marks = (0, 0, 0)
+        self.faces_now = 0
+
+    def _reset_window(self) -> None:
+        n = len(self.labels)
+        self._w_frames = 0
+        self._w_face_frames = 0
+        self._w_emotion_counts = np.zeros(n)
+        self._w_score_sum = np.zeros(n)
+
+    # -- per frame ---------------------------------------------------------------
+
+    def on_frame(self, tracks: Sequence[Track], events: Iterable[TrackEvent], frames_in: int, dropped: int) -> list[Message]:
+        """Account for one processed frame; returns the messages due now."""
+        self._frames_in_total = frames_in
+        self._dropped_total = dropped
+        self._processed_total += 1
+        self._w_frames += 1
+        self.faces_now = len(tracks)
+        for t in tracks:
+            if t.missed == 0:
+                self._w_face_frames += 1
+                self._w_emotion_counts[t.emotion] += 1
+                self._w_score_sum += t.scores
+        out = [self._event_message(e) for e in events]
+        out.extend(self.due())
+        return out
+
+    def due(self) -> list[Message]:
+        """State and stats messages whose interval has passed (also called while no frames arrive)."""
+        now = self.clock()
+        out = []
+        if now - self._window_start >= self.settings.window_s:
+            out.append(self.state_message(now))
+        if now - self._stats_start >= self.settings.stats_interval_s:
+            out.append(self.stats_message(now))
+        return out
+
+    def flush(self, final_events: Iterable[TrackEvent]) -> list[Message]:
+        """Shutdown: the ended tracks, then the partial window and last stats, so nothing is lost."""
+        now = self.clock()
+        out = [self._event_message(e) for e in final_events]
+        self.faces_now = 0
+        out.append(self.state_message(now))
+        out.append(self.stats_message(now))
+        return out
+
+    # -- payloads ----------------------------------------------------------------
+
+    def _event_message(self, event: TrackEvent) -> Message:
+        t = event.track
+        body = {"type": event.type, "track_id": t.track_id, "box": list(map(int, t.box)), **event.data}
+        return self.envelope.message("events", body, qos=self.event_qos)
+
+    def state_message(self, now: float) -> Message:
+        counts = self._w_emotion_counts
+        total = counts.sum()
+        shares = counts / total if total else np.zeros(len(self.labels))
+        means = self._w_score_sum / self._w_face_frames if self._w_face_frames else np.zeros(len(self.labels))
+        body = {
+            "faces": self.faces_now,
+            "dominant": self.labels[int(np.argmax(counts))] if total else None,
+            "shares": {k: round(float(v), 4) for k, v in zip(self.labels, shares)},
+            "mean_scores": {k: round(float(v), 4) for k, v in zip(self.labels, means)},
+            "frames": self._w_frames,
+            "face_frames": self._w_face_frames,
+            "window_s": round(now - self._window_start, 3),
+        }
+        self._window_start = now
+        self._reset_window()
+        return self.envelope.message("state", body)
+
+    def stats_message(self, now: float) -> Message:
+        span = max(now - self._stats_start, 1e-9)
+        f_in, f_done, f_drop = self._stats_marks
+        body = {
+            "fps": {
+                "in": round((self._frames_in_total - f_in) / span, 2),
+                "processed": round((self._processed_total - f_done) / span, 2),
+                "dropped": round((self._dropped_total - f_drop) / span, 2),
+            },
+            "frames": {"in": self._frames_in_total, "processed": self._processed_total, "dropped": self._dropped_total},
+            "latency_ms": self.times.summary_ms(),
+            "faces": self.faces_now,
+            "uptime_s": round(now - self.started, 1),
+            **self.info,
+        }
+        if self.status_provider is not None:
+            body["sinks"] = dict(self.status_provider())
+        self._stats_marks = (self._frames_in_total, self._processed_total, self._dropped_total)
+        self._stats_start = now
+        return self.envelope.message("stats", body)

@@ -1,0 +1,126 @@
+"""``deepfer-edge bench``: throughput and per-stage latency of the real pipeline on this device."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from edge.protocols import EndOfStream, Message
+from edge.settings import EdgeSettings
+
+log = logging.getLogger(__name__)
+
+WARMUP_FRAMES = 20
+
+
+class SerializingSink:
+    """Stands in for the real sinks: pays for the JSON encoding each message costs, sends nothing."""
+
+    name = "bench"
+
+    def __init__(self) -> None:
+        self.messages = 0
+
+    def start(self) -> None:
+        pass
+
+    def publish(self, message: Message) -> None:
+        json.dumps(message.payload)
+        self.messages += 1
+
+    def status(self) -> dict[str, Any]:
+        return {"messages": self.messages}
+
+    def stop(self, timeout: float = 5.0) -> None:
+        pass
+
+
+def rss_mb() -> tuple[float, float]:
+    """(current, peak) resident set size in MB, from /proc (Linux)."""
+    values = {}
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    key, kb, _ = line.split()
+                    values[key[:-1]] = int(kb) / 1024.0
+    except OSError:
+        return float("nan"), float("nan")
+    return values.get("VmRSS", float("nan")), values.get("VmHWM", float("nan"))
+
+
+def measure(settings: EdgeSettings, frames: int) -> dict[str, Any]:
+    from edge import daemon
+
+    settings = settings.model_copy(deep=True)
+    settings.camera.loop = True  # a short clip is replayed to reach the frame count
+    comps = daemon.build(settings, sinks=[SerializingSink()])
+    pipe, source = comps.pipeline, comps.source
+    source.open()
+    read_times: list[float] = []
+    try:
+        for _ in range(WARMUP_FRAMES):
+            frame = source.read(timeout=5.0)
+            if frame is not None:
+                pipe.process(frame)
+        pipe.aggregator.times.rings.clear()
+        faces_before, done_before = pipe.frames_with_faces, pipe.processed
+        t_start = time.perf_counter()
+        while pipe.processed - done_before < frames:
+            t0 = time.perf_counter()
+            try:
+                frame = source.read(timeout=5.0)
+            except EndOfStream:
+                break
+            read_times.append(time.perf_counter() - t0)
+            if frame is None:
+                raise RuntimeError(f"source {source.name} delivered no frame within 5 s")
+            pipe.process(frame)
+        wall = time.perf_counter() - t_start
+    finally:
+        source.close()
+    n = pipe.processed - done_before
+    lat = pipe.aggregator.times.summary_ms()
+    lat.pop("capture", None)  # queueing delay; meaningless when frames are pulled as fast as processed
+    rt = np.array(read_times) * 1000.0
+    lat["read"] = {"p50": round(float(np.percentile(rt, 50)), 3), "p95": round(float(np.percentile(rt, 95)), 3)}
+    faces = pipe.frames_with_faces - faces_before
+    rss, peak = rss_mb()
+    return {
+        "source": source.name,
+        "frames": n,
+        "processed_fps": round(n / wall, 1),
+        "face_found_ratio": round(faces / n, 4) if n else 0.0,
+        "latency_ms": lat,
+        "classifier_ms_per_face": lat.get("classify", {}).get("p50"),
+        "detector": pipe.detector.name,
+        "backend": pipe.classifier.backend,
+        "model": comps.bundle.name,
+        "rss_mb": round(rss, 1),
+        "peak_rss_mb": round(peak, 1),
+    }
+
+
+def bench(settings: EdgeSettings, frames: int = 300, as_json: bool = False) -> int:
+    result = measure(settings, frames)
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        return 0
+    out = [
+        f"source            {result['source']}",
+        f"detector/backend  {result['detector']} / {result['backend']} ({result['model']})",
+        f"frames            {result['frames']}",
+        f"processed fps     {result['processed_fps']}",
+        f"face found        {result['face_found_ratio'] * 100:.1f}% of frames",
+        f"rss               {result['rss_mb']} MB (peak {result['peak_rss_mb']} MB)",
+        "stage latency ms  p50 / p95",
+    ]
+    for stage, v in result["latency_ms"].items():
+        out.append(f"  {stage:<15} {v['p50']:.3f} / {v['p95']:.3f}")
+    sys.stdout.write("\n".join(out) + "\n")
+    return 0

@@ -1,0 +1,172 @@
+"""Emotion classification with an int8 TFLite model (LiteRT, or tflite-runtime as a fallback).
+
+Quantisation parameters come from the model itself, never from constants, so any
+bundle exported by ``deepfer-train export`` (int8 or uint8 input/output) works.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.bundle import BundleError, ModelBundle
+from edge.preprocess import Box, frame_face_tensor
+from edge.protocols import MissingExtra, Registry
+from edge.settings import ClassifierSettings
+
+log = logging.getLogger(__name__)
+
+EDGETPU_LIB = "libedgetpu.so.1"
+
+
+def _interpreter_module() -> tuple[Any, str]:
+    """Return (module with Interpreter and load_delegate, runtime name)."""
+    try:
+        from ai_edge_litert import interpreter as litert  # type: ignore[import-not-found]
+
+        return litert, "ai-edge-litert"
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime import interpreter as tflite  # type: ignore[import-not-found]
+
+        return tflite, "tflite-runtime"
+    except ImportError:
+        raise MissingExtra(
+            "no TFLite runtime is installed: pip install ai-edge-litert (or tflite-runtime, which needs numpy<2)"
+        ) from None
+
+
+def load_edgetpu_delegate(module: Any, device: str = "") -> Any:
+    """Load the Coral delegate; MissingExtra when the runtime or the device is absent."""
+    options = {"device": device} if device else {}
+    try:
+        return module.load_delegate(EDGETPU_LIB, options)
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise MissingExtra(
+            f"cannot load the Edge TPU delegate ({EDGETPU_LIB}: {exc}); install the Coral runtime "
+            "(sudo apt install libedgetpu1-std from Coral's apt repository, see README) and check the "
+            "accelerator is plugged in, or set classifier.delegate = \"cpu\""
+        ) from None
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+CLASSIFIERS: Registry["TFLiteClassifier"] = Registry("classifier")
+
+
+@CLASSIFIERS.register("tflite")
+class TFLiteClassifier:
+    """Classifies face boxes in a grayscale frame; one interpreter, faces run one by one.
+
+    Faces are few per frame (1-3 on a shelf camera); looping keeps the input
+    tensor allocated once instead of resizing it for every face count.
+    """
+
+    def __init__(self, bundle: ModelBundle, settings: ClassifierSettings, module: Any = None, runtime: str = "") -> None:
+        self.bundle = bundle
+        self.labels: Sequence[str] = bundle.labels
+        if module is None:
+            module, runtime = _interpreter_module()
+        self.runtime = runtime
+        model_path, delegates, self.backend = self._choose_backend(module, settings)
+        try:
+            self._interp = module.Interpreter(
+                model_path=str(model_path), experimental_delegates=delegates or None, num_threads=settings.threads
+            )
+            self._interp.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise BundleError(f"model file {model_path} cannot be loaded by {runtime}: {exc}") from None
+        inp = self._interp.get_input_details()[0]
+        out = self._interp.get_output_details()[0]
+        self._in_index, self._out_index = inp["index"], out["index"]
+        self._in_dtype = np.dtype(inp["dtype"])
+        self._in_scale, self._in_zero = inp["quantization"]
+        self._out_scale, self._out_zero = out["quantization"]
+        self._out_dtype = np.dtype(out["dtype"])
+        expected = (1, bundle.input_size, bundle.input_size, bundle.channels)
+        if tuple(inp["shape"]) != expected:
+            raise BundleError(
+                f"model {model_path} takes input {tuple(inp['shape'])} but its .json says {expected}; re-export the bundle"
+            )
+        n_out = int(out["shape"][-1])
+        if n_out != len(bundle.labels):
+            raise BundleError(
+                f"model {model_path} outputs {n_out} classes but its .json lists {len(bundle.labels)} labels "
+                f"({', '.join(bundle.labels)}); use the .json exported with this model"
+            )
+        self._logits = bundle.meta.get("output", "probabilities") == "logits"
+        # Input quantisation folded into one affine map on uint8 pixels.
+        self._quant_identity = self._in_dtype == np.uint8 and self._in_scale in (0.0, 1.0) and self._in_zero == 0
+        log.info(
+            "classifier %s v%s on %s (%s), input %s %s scale=%g zero=%d",
+            bundle.name, bundle.version, self.backend, runtime, expected, self._in_dtype, self._in_scale, self._in_zero,
+        )
+
+    def _choose_backend(self, module: Any, settings: ClassifierSettings) -> tuple[Path, list[Any], str]:
+        cpu = (self.bundle.tflite, [], "cpu")
+        if settings.delegate == "cpu":
+            return cpu
+        try:
+            delegate = load_edgetpu_delegate(module, settings.edgetpu_device)
+        except MissingExtra as exc:
+            if settings.delegate == "edgetpu":
+                raise
+            log.warning("classifier.delegate = auto: no Edge TPU (%s); running on the CPU", str(exc).split(";")[0])
+            return cpu
+        compiled = self.bundle.edgetpu_tflite
+        if not compiled.is_file():
+            msg = (
+                f"{compiled} is missing: the Edge TPU runs only models compiled by edgetpu_compiler "
+                "(deepfer-train export does it when edgetpu_compiler is on PATH)"
+            )
+            if settings.delegate == "edgetpu":
+                raise BundleError(msg + "; or set classifier.delegate = \"cpu\"")
+            log.warning("%s; running on the CPU", msg)
+            return cpu
+        return compiled, [delegate], "edgetpu"
+
+    def quantize(self, faces: np.ndarray) -> np.ndarray:
+        """uint8 pixels → the model's input dtype, using the model's own scale and zero point."""
+        if self._quant_identity:
+            return faces
+        if self._in_dtype in (np.dtype(np.float32),):
+            return faces.astype(np.float32)
+        info = np.iinfo(self._in_dtype)
+        q = np.round(faces.astype(np.float32) / self._in_scale + self._in_zero)
+        return np.clip(q, info.min, info.max).astype(self._in_dtype)
+
+    def dequantize(self, raw: np.ndarray) -> np.ndarray:
+        if self._out_dtype == np.float32 or self._out_scale == 0.0:
+            out = raw.astype(np.float32)
+        else:
+            out = (raw.astype(np.float32) - self._out_zero) * self._out_scale
+        return _softmax(out) if self._logits else out
+
+    def predict_tensors(self, faces: np.ndarray) -> np.ndarray:
+        """Scores for face tensors (N, S, S, C) uint8, as prepared by :mod:`edge.preprocess`."""
+        scores = np.empty((len(faces), len(self.labels)), np.float32)
+        q = self.quantize(faces)
+        for i in range(len(faces)):
+            self._interp.set_tensor(self._in_index, q[i : i + 1])
+            self._interp.invoke()
+            scores[i] = self.dequantize(self._interp.get_tensor(self._out_index)[0])
+        return scores
+
+    def classify(self, gray_frame: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
+        if not boxes:
+            return np.empty((0, len(self.labels)), np.float32)
+        b = self.bundle
+        faces = np.stack([frame_face_tensor(gray_frame, box, b.input_size, b.crop_margin, b.channels) for box in boxes])
+        return self.predict_tensors(faces)
+
+
+def create_classifier(bundle: ModelBundle, settings: ClassifierSettings) -> TFLiteClassifier:
+    return CLASSIFIERS.create("tflite", bundle, settings)

@@ -1,0 +1,124 @@
+"""Assembles the pipeline from settings and runs it as a service (signals, systemd, shutdown)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge.aggregate import Aggregator
+from edge.bundle import ModelBundle, load_bundle
+from edge.messages import Envelope
+from edge.pipeline import Pipeline
+from edge.protocols import EventSink, FrameSource
+from edge.settings import EdgeSettings
+from edge.tracker import Tracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Components:
+    settings: EdgeSettings
+    bundle: ModelBundle
+    source: FrameSource
+    pipeline: Pipeline
+    sinks: list[EventSink] = field(default_factory=list)
+
+
+def build(settings: EdgeSettings, sinks: list[EventSink] | None = None) -> Components:
+    """Create every component from its own settings section (nothing is started yet)."""
+    from edge.classifier import create_classifier
+    from edge.detectors import create_detector
+    from edge.sinks import create_sinks, sequence_file
+    from edge.sources import open_source
+
+    bundle = load_bundle(settings.classifier.model)
+    if bundle.untrained:
+        log.warning("model %s is an UNTRAINED placeholder: its emotions are meaningless", bundle.name)
+    classifier = create_classifier(bundle, settings.classifier)
+    detector = create_detector(settings.detector)
+    source = open_source(settings.camera)
+    sinks = create_sinks(settings) if sinks is None else sinks
+    envelope = Envelope(settings.device_id, sequence_file(settings.mqtt))
+    info = {
+        "backend": classifier.backend,
+        "runtime": getattr(classifier, "runtime", ""),
+        "detector": detector.name,
+        "source": source.name,
+        "model": {"name": bundle.name, "version": bundle.version},
+    }
+    aggregator = Aggregator(settings.events, bundle.labels, envelope, info, event_qos=settings.mqtt.qos)
+    tracker = Tracker(settings.tracker, bundle.labels)
+    pipeline = Pipeline(
+        source, detector, classifier, tracker, aggregator, sinks,
+        detect_every=settings.detector.every_n_frames, min_face=settings.detector.min_face,
+    )
+    aggregator.status_provider = pipeline.sink_status
+    return Components(settings, bundle, source, pipeline, list(sinks))
+
+
+def status_line(status: Mapping[str, Any], fps: float) -> str:
+    broker = status.get("sinks", {}).get("mqtt")
+    parts = [f"{fps:.1f} fps", f"{status.get('faces', 0)} face(s)", f"{status.get('dropped', 0)} dropped"]
+    if broker is not None:
+        parts.append("broker connected" if broker.get("connected") else "broker DISCONNECTED")
+    return ", ".join(parts)
+
+
+def run(components: Components, notifier: Any = None, max_frames: int = 0) -> int:
+    """Start the sinks and the source, process until a signal or the end of the source, shut down cleanly."""
+    pipeline = components.pipeline
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("%s received: finishing the current frame and shutting down", signal.Signals(signum).name)
+        pipeline.stop()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    last_status = [time.monotonic(), 0]
+
+    def heartbeat(status: Mapping[str, Any]) -> None:
+        if notifier is None:
+            return
+        notifier.watchdog()
+        now = time.monotonic()
+        if now - last_status[0] >= 5.0:
+            fps = (status["processed"] - last_status[1]) / (now - last_status[0])
+            notifier.status(status_line(status, fps))
+            last_status[0], last_status[1] = now, status["processed"]
+
+    pipeline.heartbeat = heartbeat
+    started: list[EventSink] = []
+    try:
+        for sink in components.sinks:
+            sink.start()
+            started.append(sink)
+        components.source.open()
+        log.info(
+            "running: source %s, detector %s, model %s v%s on %s, sinks %s",
+            components.source.name, pipeline.detector.name, components.bundle.name, components.bundle.version,
+            pipeline.classifier.backend, ", ".join(s.name for s in components.sinks) or "none",
+        )
+        if notifier is not None:
+            notifier.ready()
+            notifier.status("running")
+        pipeline.run(max_frames=max_frames)
+    finally:
+        if notifier is not None:
+            notifier.stopping()
+        components.source.close()
+        for sink in reversed(started):
+            try:
+                sink.stop(timeout=5.0)
+            except Exception:  # one sink's failure must not keep the others from flushing
+                log.exception("sink %s did not stop cleanly", sink.name)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    log.info(
+        "stopped after %d frames (%d with faces, %d dropped by the source)",
+        pipeline.processed, pipeline.frames_with_faces, components.source.dropped,
+    )
+    return 0

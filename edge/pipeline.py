@@ -1,0 +1,123 @@
+"""The daemon's loop: frame → faces → crops → scores → tracks → events → sinks.
+
+One thread does the work; capture runs on the source's own thread (live
+sources) and delivery on the sinks' threads, so neither a slow camera nor a
+missing broker can stall inference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from edge.aggregate import Aggregator
+from edge.preprocess import Box, to_gray
+from edge.protocols import Classifier, EndOfStream, EventSink, FaceDetector, Frame, FrameSource, Message
+from edge.tracker import Tracker
+
+log = logging.getLogger(__name__)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        source: FrameSource,
+        detector: FaceDetector,
+        classifier: Classifier,
+        tracker: Tracker,
+        aggregator: Aggregator,
+        sinks: Sequence[EventSink],
+        detect_every: int = 1,
+        min_face: int = 0,
+        heartbeat: Callable[[Mapping[str, Any]], None] | None = None,
+    ) -> None:
+        self.source = source
+        self.detector = detector
+        self.classifier = classifier
+        self.tracker = tracker
+        self.aggregator = aggregator
+        self.sinks = list(sinks)
+        self.detect_every = max(1, detect_every)
+        self.min_face = min_face
+        self.heartbeat = heartbeat  # watchdog + status line, called from this loop so a stuck loop is noticed
+        self.stop_event = threading.Event()
+        self.processed = 0
+        self.frames_with_faces = 0
+        self.skipped = 0
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def publish(self, messages: Sequence[Message]) -> None:
+        for message in messages:
+            for sink in self.sinks:
+                sink.publish(message)
+
+    def sink_status(self) -> dict[str, Any]:
+        return {sink.name: dict(sink.status()) for sink in self.sinks}
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "processed": self.processed,
+            "faces": self.aggregator.faces_now,
+            "dropped": self.source.dropped,
+            "sinks": self.sink_status(),
+        }
+
+    def process(self, frame: Frame) -> None:
+        """Run one frame through detection, classification, tracking and aggregation."""
+        times = self.aggregator.times
+        t0 = time.monotonic()
+        image = frame.image
+        if image is None or image.size == 0 or image.ndim not in (2, 3):
+            self.skipped += 1
+            return
+        gray = to_gray(image)
+        if frame.gray is None:
+            # Detection reuses this conversion instead of making its own.
+            frame = dataclasses.replace(frame, gray=gray, gray_scale=1.0)
+        if self.processed % self.detect_every == 0 or not self.tracker.tracks:
+            boxes = [d.box for d in self.detector.detect(frame) if min(d.box.w, d.box.h) >= self.min_face]
+        else:
+            boxes = self.tracker.boxes()
+        t1 = time.monotonic()
+        scores = self.classifier.classify(gray, boxes) if boxes else np.empty((0, len(self.tracker.labels)), np.float32)
+        t2 = time.monotonic()
+        events = self.tracker.update(boxes, scores, t2)
+        self.processed += 1
+        if boxes:
+            self.frames_with_faces += 1
+        messages = self.aggregator.on_frame(self.tracker.tracks, events, frame.index + 1, self.source.dropped)
+        self.publish(messages)
+        t3 = time.monotonic()
+        times.add("capture", max(0.0, t0 - frame.t_capture))
+        times.add("detect", t1 - t0)
+        times.add("classify", t2 - t1)
+        times.add("publish", t3 - t2)
+        times.add("total", t3 - t0)
+
+    def run(self, max_frames: int = 0) -> None:
+        """Process frames until stopped, the source ends, or ``max_frames`` are done; then flush."""
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    frame = self.source.read(timeout=0.5)
+                except EndOfStream:
+                    log.info("source %s ended after %d frames", self.source.name, self.processed)
+                    break
+                if frame is not None:
+                    self.process(frame)
+                else:
+                    self.publish(self.aggregator.due())
+                if self.heartbeat is not None:
+                    self.heartbeat(self.status())
+                if max_frames and self.processed >= max_frames:
+                    break
+        finally:
+            self.publish(self.aggregator.flush(self.tracker.end_all(time.monotonic())))
