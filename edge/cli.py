@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--frames", type=int, default=300, metavar="N", help="bench: frames to measure (after 20 warm-up frames)")
     g.add_argument("--json", action="store_true", help="bench/check/config: print JSON")
     g.add_argument("--reference", action="store_true", help="config: list every setting with its description and default")
+    g.add_argument("--device", metavar="ID", help="watch: show only this device")
+    g.add_argument("--duration", type=float, default=0.0, metavar="S", help="watch: stop after S seconds (0 = until Ctrl-C)")
     return p
 
 
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "watch":
         from edge.watch import watch
 
-        return watch(settings)
+        return watch(settings, device=args.device, duration=args.duration)
     from edge.protocols import MissingExtra, SourceError
     from edge.bundle import BundleError
 

@@ -246,12 +246,15 @@ def format_table(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def evaluate_to_dir(model: str | Path, data: FaceSet, out_dir: Path) -> dict[str, Any]:
+def evaluate_to_dir(model: str | Path | Predictor, data: FaceSet, out_dir: Path) -> dict[str, Any]:
     """Evaluate and write metrics.json, confusion_matrix.png, training_curves.png (when the
     model sits in a run folder with history.csv) and model_card.md into ``out_dir``."""
     from train import report
 
-    pred = load_predictor(model)
+    pred = model if isinstance(model, Predictor) else load_predictor(model)
+    if pred.path is None:
+        raise ValueError("evaluate_to_dir needs a model loaded from a file")
+    model = pred.path
     metrics = evaluate(pred, data)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_metrics(metrics, out_dir / "metrics.json")

@@ -1,0 +1,138 @@
+"""Home Assistant MQTT discovery: the retained sensor configs that make the device appear in HA.
+
+With ``mqtt.homeassistant = true`` the MQTT sink publishes, retained, one
+config per sensor under
+``{discovery_prefix}/sensor/{device_id}/{object_id}/config``:
+
+- ``dominant_emotion``: the dominant emotion over the state window (``none`` without faces)
+- ``faces``: faces in view
+- ``share_<label>``: per emotion, its share of face-frames over the window, in %
+- ``fps_processed``: frames processed per second (diagnostic)
+
+All share one ``device`` block (identifiers ``deepfer_<device_id>``) and use
+the sink's availability topic, so HA greys them out when the daemon is gone.
+The sink re-sends them when HA announces itself on ``{discovery_prefix}/status``.
+With the option off, the sink publishes empty retained payloads to the same
+topics once per start, which removes entities left over from an earlier run.
+
+Value templates read these payloads (see ``edge.messages`` for the envelope)::
+
+    state: {"faces": 1, "dominant": "happy", "shares": {"happy": 0.8, …}, "mean_scores": {…}, "frames": 75, "window_s": 5.0}
+    stats: {"fps": {"in": 15.0, "processed": 14.8, "dropped": 0.2}, "latency_ms": {…}, "backend": "cpu", …}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib import metadata
+from typing import Any
+
+from edge.labels import EMOTIONS
+from edge.settings import MqttSettings
+from edge.sinks.wire import AVAILABILITY, OFFLINE, ONLINE, device_topic
+
+MODEL = "DeepFER edge"
+MANUFACTURER = "DeepFER"
+
+
+def software_version() -> str:
+    try:
+        return metadata.version("deepfer")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def object_ids(labels: Sequence[str] = EMOTIONS) -> list[str]:
+    """Every object id this module announces, in announcement order."""
+    return ["dominant_emotion", "faces", *(f"share_{label}" for label in labels), "fps_processed"]
+
+
+def discovery_topic(discovery_prefix: str, device_id: str, object_id: str) -> str:
+    return f"{discovery_prefix.strip('/')}/sensor/{device_id}/{object_id}/config"
+
+
+def status_topic(discovery_prefix: str) -> str:
+    """Where HA publishes ``online`` when it (re)starts; configs are re-sent then."""
+    return f"{discovery_prefix.strip('/')}/status"
+
+
+def device_block(device_id: str, sw_version: str | None = None) -> dict[str, Any]:
+    return {
+        "identifiers": [f"deepfer_{device_id}"],
+        "name": f"DeepFER {device_id}",
+        "model": MODEL,
+        "manufacturer": MANUFACTURER,
+        "sw_version": sw_version or software_version(),
+    }
+
+
+def discovery_configs(
+    settings: MqttSettings,
+    device_id: str,
+    labels: Sequence[str] = EMOTIONS,
+    sw_version: str | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Discovery topic → config payload for every sensor, in announcement order."""
+    state = device_topic(settings.prefix, device_id, "state")
+    stats = device_topic(settings.prefix, device_id, "stats")
+    common: dict[str, Any] = {
+        "availability_topic": device_topic(settings.prefix, device_id, AVAILABILITY),
+        "payload_available": ONLINE,
+        "payload_not_available": OFFLINE,
+        "device": device_block(device_id, sw_version),
+        "origin": {"name": "deepfer-edge", "sw_version": sw_version or software_version()},
+    }
+
+    def sensor(object_id: str, name: str, topic: str, template: str, **extra: Any) -> tuple[str, dict[str, Any]]:
+        config = {
+            "name": name,
+            "unique_id": f"deepfer_{device_id}_{object_id}",
+            "state_topic": topic,
+            "value_template": template,
+            **extra,
+            **common,
+        }
+        return discovery_topic(settings.discovery_prefix, device_id, object_id), config
+
+    entries = [
+        sensor(
+            "dominant_emotion",
+            "Dominant emotion",
+            state,
+            # null without faces: show "none" rather than HA's "unknown", which reads like a fault.
+            "{{ value_json.dominant if value_json.dominant else 'none' }}",
+            icon="mdi:emoticon-outline",
+        ),
+        sensor("faces", "Faces in view", state, "{{ value_json.faces | int(0) }}", icon="mdi:account-multiple", state_class="measurement"),
+    ]
+    for label in labels:
+        entries.append(
+            sensor(
+                f"share_{label}",
+                f"Share {label}",
+                state,
+                # shares are fractions 0..1 of face-frames; HA users expect percent.
+                f"{{{{ ((value_json.shares.get('{label}', 0) | float(0)) * 100) | round(1) }}}}",
+                unit_of_measurement="%",
+                state_class="measurement",
+                icon="mdi:chart-donut",
+            )
+        )
+    entries.append(
+        sensor(
+            "fps_processed",
+            "Processed fps",
+            stats,
+            "{{ value_json.fps.processed | float(0) | round(1) }}",
+            unit_of_measurement="fps",
+            state_class="measurement",
+            entity_category="diagnostic",
+            icon="mdi:speedometer",
+        )
+    )
+    return dict(entries)
+
+
+def removal_topics(settings: MqttSettings, device_id: str, labels: Sequence[str] = EMOTIONS) -> list[str]:
+    """Discovery topics to clear (empty retained payload) when discovery is off."""
+    return [discovery_topic(settings.discovery_prefix, device_id, oid) for oid in object_ids(labels)]

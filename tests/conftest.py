@@ -1,0 +1,54 @@
+"""Broker fixtures: real Mosquitto processes on free loopback ports (see tests/broker.py)."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/broker.py is a helper module, not a package
+
+from broker import Broker, TlsFiles, make_tls_files, mosquitto_binary  # noqa: E402
+
+NO_MOSQUITTO = "mosquitto binary not found (apt-get install mosquitto); MQTT tests need a real broker"
+
+
+@pytest.fixture(scope="session")
+def mosquitto_bin() -> str:
+    binary = mosquitto_binary()
+    if binary is None:
+        pytest.skip(NO_MOSQUITTO)
+    return binary
+
+
+@pytest.fixture
+def broker_factory(mosquitto_bin: str, tmp_path: Path) -> Iterator[Callable[..., Broker]]:
+    """Make and start brokers with options (persistence, password_file, tls); all are stopped afterwards."""
+    brokers: list[Broker] = []
+
+    def make(**options: Any) -> Broker:
+        b = Broker(tmp_path / f"broker{len(brokers)}", **options)
+        brokers.append(b)
+        b.start()
+        return b
+
+    yield make
+    for b in brokers:
+        b.stop()
+
+
+@pytest.fixture
+def broker(broker_factory: Callable[..., Broker]) -> Broker:
+    """A running anonymous broker without persistence; ``broker.stop()``/``start()`` keep its port."""
+    return broker_factory()
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl CLI not found (apt-get install openssl); needed to make test certificates")
+    return make_tls_files(tmp_path_factory.mktemp("tls"))

@@ -1,0 +1,484 @@
+"""MqttSink against a real Mosquitto: availability, ordering, outages, persistence, auth, TLS, HA discovery."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from broker import Broker, Subscriber, TlsFiles, make_password_file, mosquitto_passwd_binary, read_retained
+
+from edge.messages import Envelope
+from edge.protocols import Message
+from edge.settings import ConfigError, MqttSettings
+from edge.sinks.event_journal import EventJournal
+from edge.sinks.mqtt_sink import MqttSink, check_broker, journal_file, sequence_file
+
+pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
+
+DEVICE = "dev"
+REPO = Path(__file__).resolve().parents[1]
+EVENTS = f"deepfer/{DEVICE}/events"
+STATE = f"deepfer/{DEVICE}/state"
+STATS = f"deepfer/{DEVICE}/stats"
+AVAILABILITY = f"deepfer/{DEVICE}/availability"
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 15.0) -> bool:
+    """Poll ``condition`` until it holds; a deadline for things that must happen, not a timing assertion."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return bool(condition())
+
+
+def seqs(sub: Subscriber, topic: str = EVENTS) -> list[int]:
+    return [json.loads(m.payload)["seq"] for m in sub.on(topic)]
+
+
+def first_occurrences(values: list[int]) -> list[int]:
+    seen: set[int] = set()
+    return [v for v in values if not (v in seen or seen.add(v))]  # type: ignore[func-returns-value]
+
+
+def publish_events(sink: MqttSink, envelope: Envelope, n: int) -> None:
+    for i in range(n):
+        sink.publish(envelope.message("events", {"track": i % 3, "emotion": "happy"}))
+
+
+@pytest.fixture
+def make_sink() -> Iterator[Callable[..., MqttSink]]:
+    sinks: list[MqttSink] = []
+
+    def make(settings: MqttSettings, envelope: Envelope | None = None, start: bool = True) -> MqttSink:
+        sink = MqttSink(settings, DEVICE, envelope)
+        sinks.append(sink)
+        if start:
+            sink.start()
+        return sink
+
+    yield make
+    for sink in sinks:
+        sink.stop(timeout=1.0)
+
+
+@pytest.fixture
+def persistent_setup(broker_factory: Callable[..., Broker]) -> Iterator[tuple[Broker, Subscriber]]:
+    """A broker that keeps sessions across restarts and a subscriber whose QoS 1 messages it queues meanwhile."""
+    b = broker_factory(persistence=True)
+    sub = Subscriber(b, [f"deepfer/{DEVICE}/#"], persistent=True)
+    yield b, sub
+    sub.close()
+
+
+# A daemon-like process for the kill -9 tests: it prints "ready" once in the wanted state, then idles.
+DAEMON = """
+import json, sqlite3, sys, time
+from edge.messages import Envelope
+from edge.settings import MqttSettings
+from edge.sinks.mqtt_sink import MqttSink, journal_file, sequence_file
+
+settings = MqttSettings(**json.loads(sys.argv[1]))
+mode, n = sys.argv[2], int(sys.argv[3])
+envelope = Envelope("dev", state_file=sequence_file(settings))
+sink = MqttSink(settings, "dev", envelope)
+sink.start()
+for i in range(n):
+    sink.publish(envelope.message("events", {"i": i}))
+
+def stored():
+    try:
+        with sqlite3.connect(journal_file(settings)) as db:
+            return db.execute("SELECT count(*) FROM events").fetchone()[0]
+    except sqlite3.Error:
+        return -1
+
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline:
+    if (mode == "connected" and sink.status()["connected"]) or (mode == "stored" and stored() == n):
+        print("ready", flush=True)
+        break
+    time.sleep(0.02)
+time.sleep(300)
+"""
+
+
+def spawn_daemon(tmp_path: Path, settings: MqttSettings, mode: str, n: int = 0) -> subprocess.Popen[str]:
+    script = tmp_path / "sink_daemon.py"
+    script.write_text(DAEMON)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), settings.model_dump_json(), mode, str(n)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+    )
+    line = proc.stdout.readline() if proc.stdout else ""
+    if line.strip() != "ready":
+        proc.kill()
+        _, err = proc.communicate(timeout=10)
+        pytest.fail(f"daemon subprocess never got ready: {line!r}\n{err}")
+    return proc
+
+
+# --- availability -------------------------------------------------------------------------------
+
+
+def test_availability_is_retained_online_then_offline_on_stop(broker: Broker, make_sink: Callable[..., MqttSink]) -> None:
+    sink = make_sink(broker.settings())
+    assert wait_until(lambda: read_retained(broker, AVAILABILITY).get(AVAILABILITY) == b"online")
+    assert sink.status()["connected"] is True
+    sink.stop(timeout=2.0)
+    assert read_retained(broker, AVAILABILITY) == {AVAILABILITY: b"offline"}
+
+
+def test_last_will_marks_a_killed_daemon_offline(broker: Broker, tmp_path: Path) -> None:
+    proc = spawn_daemon(tmp_path, broker.settings(), "connected")
+    try:
+        assert wait_until(lambda: read_retained(broker, AVAILABILITY).get(AVAILABILITY) == b"online")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        # The broker sends the will when it sees the dead client's socket close.
+        assert wait_until(lambda: read_retained(broker, AVAILABILITY).get(AVAILABILITY) == b"offline")
+    finally:
+        proc.kill()
+        proc.communicate(timeout=10)
+
+
+# --- events ------------------------------------------------------------------------------------
+
+
+def test_events_arrive_in_order_at_qos1_with_rising_seq(broker: Broker, make_sink: Callable[..., MqttSink]) -> None:
+    sub = Subscriber(broker, [EVENTS])
+    sink = make_sink(broker.settings())
+    publish_events(sink, Envelope(DEVICE), 200)
+    assert sub.wait_for(lambda ms: len(ms) >= 200), f"got {len(sub.messages)} of 200"
+    assert seqs(sub) == list(range(1, 201))
+    assert {(m.qos, m.retain) for m in sub.messages} == {(1, False)}
+    body = json.loads(sub.messages[0].payload)
+    assert body["device_id"] == DEVICE and body["v"] == 1 and body["emotion"] == "happy"
+    assert wait_until(lambda: sink.status()["delivered"] == 200)
+    assert sink.status()["queued"] == 0
+    sub.close()
+
+
+def test_broker_outage_mid_stream_loses_no_event(persistent_setup: tuple[Broker, Subscriber], make_sink: Callable[..., MqttSink]) -> None:
+    broker, sub = persistent_setup
+    sink = make_sink(broker.settings())
+    envelope = Envelope(DEVICE)
+    assert wait_until(lambda: sink.status()["connected"])
+    publish_events(sink, envelope, 100)
+    broker.stop()  # while those 100 are still being sent: some are in flight, some not handed over yet
+    publish_events(sink, envelope, 100)
+    assert wait_until(lambda: not sink.status()["connected"])
+    assert sink.status()["queued"] >= 100  # the second hundred cannot have been acknowledged
+    broker.start()
+    publish_events(sink, envelope, 50)
+
+    assert sub.wait_for(lambda ms: len({json.loads(m.payload)["seq"] for m in ms if m.topic == EVENTS}) >= 250, timeout=30), (
+        f"missing: {sorted(set(range(1, 251)) - set(seqs(sub)))}"
+    )
+    got = seqs(sub)
+    assert set(got) == set(range(1, 251))
+    assert first_occurrences(got) == list(range(1, 251))  # never reordered
+    duplicates = len(got) - 250  # at-least-once: a re-sent unacknowledged event may arrive twice
+    print(f"outage mid-stream: 250 events, {duplicates} duplicates")
+    assert wait_until(lambda: sink.status()["queued"] == 0)
+    assert sink.status()["dropped_events"] == 0
+    assert sink.status()["reconnects"] >= 1
+
+
+def test_full_queue_drops_the_oldest_events_and_counts_them(
+    persistent_setup: tuple[Broker, Subscriber], make_sink: Callable[..., MqttSink], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="edge")
+    broker, sub = persistent_setup
+    broker.stop()
+    sink = make_sink(broker.settings(queue_size=5))
+    publish_events(sink, Envelope(DEVICE), 20)
+    status = sink.status()
+    assert (status["queued"], status["dropped_events"]) == (5, 15)
+    assert wait_until(lambda: any("queue full" in r.getMessage() and "15" in r.getMessage() for r in caplog.records))
+    broker.start()
+    assert wait_until(lambda: sink.status()["delivered"] == 5, timeout=30)
+    assert sub.wait_for(lambda ms: len([m for m in ms if m.topic == EVENTS]) >= 5)
+    assert seqs(sub) == [16, 17, 18, 19, 20]
+
+
+def test_persisted_queue_survives_a_sink_restart_during_an_outage(
+    persistent_setup: tuple[Broker, Subscriber], make_sink: Callable[..., MqttSink], tmp_path: Path
+) -> None:
+    broker, sub = persistent_setup
+    broker.stop()
+    settings = broker.settings(persist=True, state_dir=tmp_path / "state")
+    first = make_sink(settings, Envelope(DEVICE, state_file=sequence_file(settings)))
+    publish_events(first, Envelope(DEVICE, state_file=sequence_file(settings)), 30)
+    first.stop(timeout=0.5)
+    assert EventJournal(journal_file(settings)).count() == 30
+
+    envelope = Envelope(DEVICE, state_file=sequence_file(settings))  # seq continues at 31
+    second = make_sink(settings, envelope)
+    assert second.status()["queued"] == 30
+    publish_events(second, envelope, 5)
+    broker.start()
+    assert sub.wait_for(lambda ms: len({json.loads(m.payload)["seq"] for m in ms if m.topic == EVENTS}) >= 35, timeout=30)
+    assert first_occurrences(seqs(sub)) == list(range(1, 36))
+    assert wait_until(lambda: second.status()["queued"] == 0)
+    second.stop(timeout=2.0)
+    assert EventJournal(journal_file(settings)).count() == 0
+
+
+def test_persisted_queue_survives_kill_9(persistent_setup: tuple[Broker, Subscriber], make_sink: Callable[..., MqttSink], tmp_path: Path) -> None:
+    broker, sub = persistent_setup
+    broker.stop()
+    settings = broker.settings(persist=True, state_dir=tmp_path / "state")
+    proc = spawn_daemon(tmp_path, settings, "stored", 25)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=10)
+
+    sink = make_sink(settings, Envelope(DEVICE, state_file=sequence_file(settings)))
+    assert sink.status()["queued"] == 25
+    broker.start()
+    assert sub.wait_for(lambda ms: len({json.loads(m.payload)["seq"] for m in ms if m.topic == EVENTS}) >= 25, timeout=30)
+    assert first_occurrences(seqs(sub)) == list(range(1, 26))
+
+
+def test_publish_returns_without_the_network_while_the_broker_is_down(broker: Broker, make_sink: Callable[..., MqttSink]) -> None:
+    broker.stop()
+    sink = make_sink(broker.settings(queue_size=5000))
+    publish_events(sink, Envelope(DEVICE), 1000)
+    status = sink.status()
+    assert (status["connected"], status["queued"], status["delivered"]) == (False, 1000, 0)
+    broker.start()
+    assert wait_until(lambda: sink.status()["delivered"] == 1000, timeout=30)
+
+
+def test_publish_returns_while_the_broker_never_answers(make_sink: Callable[..., MqttSink]) -> None:
+    # A socket that listens but never accepts: TCP connects, the MQTT login never gets an answer.
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(1)
+        settings = MqttSettings(host="127.0.0.1", port=hole.getsockname()[1], reconnect_min_s=0.1, reconnect_max_s=0.5, keepalive_s=5)
+        sink = make_sink(settings)
+        publish_events(sink, Envelope(DEVICE), 1000)
+        assert (sink.status()["connected"], sink.status()["queued"]) == (False, 1000)
+
+
+# --- state and stats ---------------------------------------------------------------------------
+
+
+def test_latest_state_and_stats_are_republished_before_online_after_reconnect(
+    persistent_setup: tuple[Broker, Subscriber], make_sink: Callable[..., MqttSink]
+) -> None:
+    broker, sub = persistent_setup
+    envelope = Envelope(DEVICE)
+    sink = make_sink(broker.settings())
+    sink.publish(envelope.message("state", {"faces": 1, "dominant": "sad"}))
+    assert sub.wait_for(lambda ms: {STATE, AVAILABILITY} <= {m.topic for m in ms})
+    broker.stop()
+    assert wait_until(lambda: not sink.status()["connected"])
+    for dominant in ("happy", "fear", "neutral"):  # only the last may go out
+        sink.publish(envelope.message("state", {"faces": 1, "dominant": dominant}))
+    sink.publish(envelope.message("stats", {"fps": {"in": 15.0, "processed": 14.0, "dropped": 1.0}}))
+    before = len(sub.messages)
+    broker.start()
+    assert sub.wait_for(lambda ms: any(m.topic == AVAILABILITY and m.payload == b"online" and not m.dup for m in ms[before:]), timeout=30)
+    # A persistent broker re-delivers (dup) what it had in flight before its restart; skip those.
+    after = [m for m in sub.messages[before:] if m.topic in (STATE, STATS, AVAILABILITY) and not m.dup]
+    order = [(m.topic, json.loads(m.payload).get("dominant") if m.topic == STATE else m.payload if m.topic == AVAILABILITY else None) for m in after]
+    online_at = len(order) - 1 - order[::-1].index((AVAILABILITY, b"online"))
+    assert (STATE, "neutral") in order[:online_at] and (STATS, None) in order[:online_at], order
+    assert all(dominant not in ("happy", "fear") for topic, dominant in order if topic == STATE), order
+    retained = read_retained(broker, f"deepfer/{DEVICE}/+")
+    assert json.loads(retained[STATE])["dominant"] == "neutral"
+
+
+def test_retained_state_is_restored_on_a_broker_that_forgot_it(broker: Broker, make_sink: Callable[..., MqttSink]) -> None:
+    envelope = Envelope(DEVICE)
+    sink = make_sink(broker.settings())
+    state = envelope.message("state", {"faces": 2, "dominant": "happy"})
+    sink.publish(state)
+    sink.publish(envelope.message("stats", {"fps": {"processed": 9.5}}))
+    assert wait_until(lambda: STATE in read_retained(broker, STATE))
+    broker.restart()  # no persistence: the retained messages are gone
+    assert wait_until(lambda: set(read_retained(broker, f"deepfer/{DEVICE}/+")) == {STATE, STATS, AVAILABILITY}, timeout=30)
+    assert json.loads(read_retained(broker, STATE)[STATE]) == state.payload
+
+
+# --- authentication and TLS ----------------------------------------------------------------------
+
+
+@pytest.mark.skipif(mosquitto_passwd_binary() is None, reason="mosquitto_passwd not found (apt-get install mosquitto)")
+def test_password_login_works_and_a_wrong_password_is_reported_once(
+    broker_factory: Callable[..., Broker], make_sink: Callable[..., MqttSink], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="edge")
+    broker = broker_factory(password_file=make_password_file(tmp_path / "passwd", {"edge": "s3cret-pw"}))
+    (tmp_path / "pw").write_text("s3cret-pw\n")
+    good = broker.settings(username="edge", password_file=tmp_path / "pw")
+    make_sink(good)
+    assert wait_until(lambda: read_retained(broker, AVAILABILITY, username="edge", password="s3cret-pw").get(AVAILABILITY) == b"online")
+    assert check_broker(good, timeout=5) is None
+
+    bad = broker.settings(username="edge", password="wrong-pw-123", client_id="deepfer-bad")
+    sink = make_sink(bad)
+    assert wait_until(lambda: sink.status()["failed_attempts"] >= 3)
+    status = sink.status()
+    assert status["connected"] is False
+    assert "rejected" in status["last_error"] and "mqtt.password" in status["last_error"]
+    assert f"{broker.host}:{broker.port}" in status["last_error"]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "rejected" in r.getMessage()]
+    assert len(warnings) == 1  # one warning per change of problem, not one per retry
+    assert not any("wrong-pw-123" in r.getMessage() or "s3cret-pw" in r.getMessage() for r in caplog.records)
+    assert "rejected" in (check_broker(bad, timeout=5) or "")
+
+
+def test_tls_with_the_right_ca_works_and_an_untrusted_ca_is_reported(
+    broker_factory: Callable[..., Broker], make_sink: Callable[..., MqttSink], tls_files: TlsFiles, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="edge")
+    broker = broker_factory(tls=tls_files)
+    sub = Subscriber(broker, [EVENTS])
+    sink = make_sink(broker.settings(ca_file=tls_files.ca))
+    publish_events(sink, Envelope(DEVICE), 3)
+    assert sub.wait_for(lambda ms: len(ms) >= 3)
+    assert seqs(sub) == [1, 2, 3]
+    sub.close()
+
+    untrusted = broker.settings(ca_file=tls_files.other_ca, client_id="deepfer-untrusted")
+    bad = make_sink(untrusted)
+    assert wait_until(lambda: bad.status()["failed_attempts"] >= 2)
+    error = bad.status()["last_error"]
+    assert "not trusted" in error and "mqtt.ca_file" in error and f"{broker.host}:{broker.port}" in error
+    assert len([r for r in caplog.records if "not trusted" in r.getMessage()]) == 1
+    assert "not trusted" in (check_broker(untrusted, timeout=5) or "")
+    plain = check_broker(broker.settings(tls=False, ca_file=None), timeout=5) or ""
+    assert "mqtt.tls" in plain
+
+
+def test_check_broker_names_an_unreachable_broker(broker: Broker) -> None:
+    assert check_broker(broker.settings(), timeout=5) is None
+    broker.stop()
+    message = check_broker(broker.settings(), timeout=5) or ""
+    assert "refused" in message and f"{broker.host}:{broker.port}" in message
+
+
+# --- Home Assistant discovery ------------------------------------------------------------------
+
+
+def ha_configs(broker: Broker) -> dict[str, bytes]:
+    return {t: p for t, p in read_retained(broker, f"homeassistant/sensor/{DEVICE}/+/config").items() if p}
+
+
+def test_homeassistant_discovery_configs_are_retained(broker: Broker, make_sink: Callable[..., MqttSink]) -> None:
+    make_sink(broker.settings(homeassistant=True))
+    assert wait_until(lambda: len(ha_configs(broker)) == 10)
+    configs = {t.split("/")[3]: json.loads(p) for t, p in ha_configs(broker).items()}
+    assert configs["dominant_emotion"]["state_topic"] == STATE and "dominant" in configs["dominant_emotion"]["value_template"]
+    assert configs["fps_processed"]["state_topic"] == STATS and "fps.processed" in configs["fps_processed"]["value_template"]
+    assert configs["share_happy"]["unit_of_measurement"] == "%"
+    for config in configs.values():
+        assert config["availability_topic"] == AVAILABILITY
+        assert config["device"]["identifiers"] == [f"deepfer_{DEVICE}"]
+
+
+def test_homeassistant_configs_are_resent_when_home_assistant_comes_online(broker: Broker, make_sink: Callable[..., MqttSink]) -> None:
+    make_sink(broker.settings(homeassistant=True))
+    faces = f"homeassistant/sensor/{DEVICE}/faces/config"
+    assert wait_until(lambda: faces in ha_configs(broker))
+    broker.publish(faces, b"", retain=True)  # as if HA's store had lost it
+    assert faces not in ha_configs(broker)
+    broker.publish("homeassistant/status", "online")
+    assert wait_until(lambda: faces in ha_configs(broker))
+
+
+def test_homeassistant_off_removes_configs_left_by_an_earlier_run(broker: Broker, make_sink: Callable[..., MqttSink]) -> None:
+    faces = f"homeassistant/sensor/{DEVICE}/faces/config"
+    broker.publish(faces, json.dumps({"name": "old"}), retain=True)
+    assert faces in ha_configs(broker)
+    sub = Subscriber(broker, ["homeassistant/#"])
+    sink = make_sink(broker.settings())
+    assert sub.wait_for(lambda ms: any(m.topic == faces and m.payload == b"" for m in ms))
+    assert faces not in ha_configs(broker)
+    assert sink.status()["connected"]
+    sub.close()
+
+
+# --- settings problems ---------------------------------------------------------------------------
+
+
+def test_missing_password_file_is_a_config_error(tmp_path: Path) -> None:
+    sink = MqttSink(MqttSettings(username="u", password_file=tmp_path / "nope"), DEVICE)
+    with pytest.raises(ConfigError, match="mqtt.password_file"):
+        sink.start()
+
+
+def test_unusable_state_dir_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    sink = MqttSink(MqttSettings(persist=True, state_dir=tmp_path / "file" / "state"), DEVICE)
+    with pytest.raises(ConfigError, match="mqtt.state_dir"):
+        sink.start()
+
+
+def test_corrupt_queue_file_is_moved_aside(broker: Broker, make_sink: Callable[..., MqttSink], tmp_path: Path) -> None:
+    settings = broker.settings(persist=True, state_dir=tmp_path)
+    journal_file(settings).write_bytes(b"this is not a database" * 100)
+    sink = make_sink(settings)
+    publish_events(sink, Envelope(DEVICE), 2)
+    assert wait_until(lambda: sink.status()["delivered"] == 2)
+    assert list(tmp_path.glob("mqtt-events.sqlite3.corrupt-*"))
+
+
+def test_sequence_file_only_with_persist(tmp_path: Path) -> None:
+    assert sequence_file(MqttSettings(persist=False, state_dir=tmp_path)) is None
+    assert sequence_file(MqttSettings(persist=True, state_dir=tmp_path)) == tmp_path / "sequence.json"
+
+
+def test_non_event_messages_without_retain_are_queued_like_events(broker: Broker, make_sink: Callable[..., MqttSink]) -> None:
+    sub = Subscriber(broker, [f"deepfer/{DEVICE}/alerts"])
+    sink = make_sink(broker.settings())
+    sink.publish(Message(topic="alerts", payload={"text": "camera lost"}, qos=1))
+    assert sub.wait_for(lambda ms: len(ms) == 1)
+    assert json.loads(sub.messages[0].payload) == {"text": "camera lost"}
+    sub.close()
+
+
+def test_journal_rows_match_what_is_queued(tmp_path: Path) -> None:
+    # The on-disk queue on its own: atomic add+remove, order by key.
+    journal = EventJournal(tmp_path / "q.sqlite3")
+    from edge.sinks.event_journal import StoredEvent
+
+    journal.apply(add=[StoredEvent(k, "events", f"{k}".encode(), 1) for k in (3, 1, 2)])
+    journal.apply(remove=[2, 99])
+    assert [(e.key, e.payload) for e in journal.load()] == [(1, b"1"), (3, b"3")]
+    journal.close()
+    with sqlite3.connect(tmp_path / "q.sqlite3") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_events_published_before_start_go_after_the_stored_ones(
+    persistent_setup: tuple[Broker, Subscriber], make_sink: Callable[..., MqttSink], tmp_path: Path
+) -> None:
+    broker, sub = persistent_setup
+    broker.stop()
+    settings = broker.settings(persist=True, state_dir=tmp_path / "state")
+    envelope = Envelope(DEVICE, state_file=sequence_file(settings))
+    first = make_sink(settings, envelope)
+    publish_events(first, envelope, 3)
+    first.stop(timeout=0.2)
+    second = make_sink(settings, envelope, start=False)
+    publish_events(second, envelope, 2)  # seq 4, 5: queued before start() opened the stored 1..3
+    second.start()
+    assert second.status()["queued"] == 5
+    broker.start()
+    assert sub.wait_for(lambda ms: len({json.loads(m.payload)["seq"] for m in ms if m.topic == EVENTS}) >= 5, timeout=30)
+    assert first_occurrences(seqs(sub)) == [1, 2, 3, 4, 5]

@@ -1,0 +1,355 @@
+"""The training package end to end: fit → resume → export int8 → load as the daemon does.
+
+A tiny learnable synthetic set (oriented gratings, one orientation per class)
+keeps a real fit to a few seconds of compute. The TensorFlow tests share one
+trained run and one exported bundle (module fixtures); the rest (metrics maths,
+recipe handling, --help) run without TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.labels import EMOTIONS
+from edge.preprocess import DEFAULT_CROP_MARGIN
+from train.cli import main
+from train.data import FaceSet, load
+from train.evaluate import compute_metrics, expected_calibration_error
+from train.export import calibration_set, spanning_calibration
+
+ROOT = Path(__file__).resolve().parents[1]
+
+RECIPE_TOML = """\
+# Tiny and easy to learn: no geometric augmentation (it would blur the orientations),
+# fast-moving BatchNorm statistics so a few steps give a usable inference-mode model.
+arch = "fernet"
+width = 0.25
+epochs = 5            # overridden by --epochs on the command line
+batch_size = 32
+warmup_epochs = 0
+bn_momentum = 0.5
+flip = false
+rotation_deg = 0
+zoom = 0
+translate = 0
+brightness = 0.1      # fit.augmentation needs at least one step
+contrast = 0
+"""
+
+
+def synthetic_faces(per_class: int, seed: int, size: int = 48) -> tuple[np.ndarray, np.ndarray]:
+    """Gratings whose orientation encodes the class, random phase, pixel noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    xs, ys = [], []
+    for c in range(len(EMOTIONS)):
+        theta = np.pi * c / len(EMOTIONS)
+        for _ in range(per_class):
+            wave = np.sin((xx * np.cos(theta) + yy * np.sin(theta)) * (2 * np.pi / 8) + rng.uniform(0, 2 * np.pi))
+            img = 128 + 90 * wave + rng.normal(0, 12, wave.shape)
+            xs.append(np.clip(img, 0, 255).astype(np.uint8))
+            ys.append(c)
+    return np.stack(xs), np.array(ys, np.uint8)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    root = tmp_path_factory.mktemp("synthetic")
+    x, y = synthetic_faces(20, seed=0)
+    np.savez(root / "train.npz", x=x, y=y)
+    for i, (img, c) in enumerate(zip(x, y)):
+        folder = root / "folder" / EMOTIONS[c]
+        folder.mkdir(parents=True, exist_ok=True)
+        assert cv2.imwrite(str(folder / f"{i:04d}.png"), img)
+    xv, yv = synthetic_faces(10, seed=1)
+    np.savez(root / "val.npz", x=xv, y=yv)
+    (root / "recipe.toml").write_text(RECIPE_TOML)
+    return SimpleNamespace(root=root, folder=root / "folder", train_npz=root / "train.npz",
+                           val_npz=root / "val.npz", toml=root / "recipe.toml")
+
+
+def _history_epochs(run: Path) -> list[int]:
+    lines = (run / "history.csv").read_text().splitlines()
+    return [int(line.split(",")[0]) for line in lines[1:]]
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """`deepfer-train fit` for 2 epochs, then `fit --resume` after the recipe grows to 3 epochs."""
+    pytest.importorskip("tensorflow")
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    rc = main(["fit", "--data", str(synthetic.folder), "--val-data", str(synthetic.val_npz), "--out", str(run),
+               "--recipe", str(synthetic.toml), "--epochs", "2", "--seed", "7", "--verbose", "0"])
+    assert rc == 0
+    first_recipe = json.loads((run / "recipe.json").read_text())
+    first_history = (run / "history.csv").read_text().splitlines()
+    # Stand-in for an interrupted run: it has finished 2 of the 3 epochs its recipe asks for.
+    (run / "recipe.json").write_text(json.dumps({**first_recipe, "epochs": 3}))
+    assert main(["fit", "--out", str(run), "--resume", "--verbose", "0"]) == 0
+    return SimpleNamespace(run=run, first_recipe=first_recipe, first_history=first_history)
+
+
+@pytest.fixture(scope="module")
+def bundle(trained: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """`deepfer-train export --int8` of the trained run (training data and val from its recipe)."""
+    out = tmp_path_factory.mktemp("bundle")
+    rc = main(["export", str(trained.run), "--out", str(out), "--name", "tiny_int8", "--calibration", "50",
+               "--version", "9.9.9", "--latency-runs", "20", "--max-int8-drop", "5"])
+    assert rc == 0
+    return SimpleNamespace(out=out, tflite=out / "tiny_int8.tflite", meta=json.loads((out / "tiny_int8.json").read_text()))
+
+
+# --- data formats of the synthetic set ------------------------------------------------------------
+
+
+def test_synthetic_folder_and_npz_load_alike(synthetic: SimpleNamespace) -> None:
+    folder, npz = load(synthetic.folder), load(synthetic.train_npz)
+    # Folders are read in name order (neutral before sad); within a class, in file order.
+    f, n = np.argsort(folder.y, kind="stable"), np.argsort(npz.y, kind="stable")
+    assert np.array_equal(folder.x[f], npz.x[n]) and np.array_equal(folder.y[f], npz.y[n])
+
+
+# --- fit and resume -------------------------------------------------------------------------------
+
+
+@pytest.mark.train
+def test_fit_recipe_precedence(trained: SimpleNamespace, synthetic: SimpleNamespace) -> None:
+    r = trained.first_recipe
+    assert r["epochs"] == 2 and r["seed"] == 7  # flags beat the TOML file...
+    assert r["width"] == 0.25 and r["bn_momentum"] == 0.5 and r["flip"] is False  # ...which beats the defaults
+    assert r["label_smoothing"] == 0.1  # untouched default
+    assert r["data"] == str(synthetic.folder) and r["val_data"] == str(synthetic.val_npz)
+
+
+@pytest.mark.train
+def test_resume_continues_without_redoing_epochs(trained: SimpleNamespace) -> None:
+    assert [int(line.split(",")[0]) for line in trained.first_history[1:]] == [0, 1]
+    lines = (trained.run / "history.csv").read_text().splitlines()
+    assert lines[: len(trained.first_history)] == trained.first_history  # earlier rows untouched
+    assert _history_epochs(trained.run) == [0, 1, 2]  # only the missing epoch ran
+    assert (trained.run / "model.keras").is_file() and (trained.run / "best.keras").is_file()
+
+
+@pytest.mark.train
+def test_fit_refuses_to_overwrite_a_run(trained: SimpleNamespace, synthetic: SimpleNamespace,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["fit", "--data", str(synthetic.train_npz), "--out", str(trained.run), "--verbose", "0"])
+    assert rc == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("deepfer-train fit: ") and "--resume" in err[-1]
+
+
+# --- export ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.train
+def test_bundle_json_fields(bundle: SimpleNamespace, trained: SimpleNamespace) -> None:
+    from edge.bundle import load_bundle
+
+    b = load_bundle(bundle.tflite)
+    assert b.labels == EMOTIONS and b.input_size == 48 and b.channels == 1
+    assert b.crop_margin == DEFAULT_CROP_MARGIN and b.normalization == "folded" and not b.untrained
+    assert b.name == "tiny_int8" and b.version == "9.9.9"
+    m = bundle.meta
+    assert m["output"] == "probabilities" and m["input_dtype"] == "uint8" and m["output_dtype"] == "uint8"
+    assert m["input_quantization"] == {"scale": 1.0, "zero_point": 0}  # raw pixels in, 1:1
+    assert set(m["metrics"]["float"]) >= {"top1", "top2", "macro_f1"} and set(m["metrics"]["int8"]) >= {"top1", "top2", "macro_f1"}
+    assert m["metrics"]["float"]["n"] == 70 and 0.0 <= m["metrics"]["int8_float_agreement"] <= 1.0
+    assert m["training_data"]["n_train"] == 140 and m["training_data"]["n_val"] == 70
+    assert m["calibration"]["n"] == 50
+    assert m["recipe"]["epochs"] == 3 and m["recipe"]["arch"] == "fernet"
+    assert datetime.fromisoformat(m["created"].replace("Z", "+00:00")).tzinfo is not None
+    assert m["latency_ms_per_face"] > 0
+    assert m["edgetpu"]["compiled"] is False or (bundle.out / "tiny_int8_edgetpu.tflite").is_file()
+    card = (bundle.out / "tiny_int8.md").read_text()
+    assert "| int8 | 70 |" in card and "FER2013" in card and "tiny_int8_confusion.png" in card
+    assert (bundle.out / "tiny_int8_confusion.png").stat().st_size > 1000
+    assert (bundle.out / "tiny_int8_curves.png").stat().st_size > 1000
+    assert not [p for p in bundle.out.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
+@pytest.mark.train
+def test_int8_model_is_integer_only(bundle: SimpleNamespace) -> None:
+    from train.export import float_ops
+
+    assert float_ops(bundle.tflite) == []
+
+
+@pytest.mark.train
+def test_int8_bundle_agrees_with_float_model(bundle: SimpleNamespace, trained: SimpleNamespace,
+                                              synthetic: SimpleNamespace) -> None:
+    from edge.bundle import load_bundle
+    from edge.classifier import TFLiteClassifier
+    from edge.settings import ClassifierSettings
+    from train.evaluate import load_predictor
+
+    faces = np.concatenate([load(synthetic.train_npz).x, load(synthetic.val_npz).x])[..., None]
+    labels = np.concatenate([load(synthetic.train_npz).y, load(synthetic.val_npz).y])
+    clf = TFLiteClassifier(load_bundle(bundle.tflite), ClassifierSettings())
+    p_int8 = clf.predict_tensors(faces)
+    p_float = load_predictor(trained.run / "best.keras").predict(faces)
+    assert np.allclose(p_int8.sum(axis=1), 1.0, atol=0.05)  # the bundle outputs probabilities
+    agreement = (p_int8.argmax(1) == p_float.argmax(1)).mean()
+    assert agreement >= 0.8, f"int8 and float agree on only {agreement:.0%} of faces"
+    assert np.abs(p_int8 - p_float).max() < 0.15
+    # The model learned the gratings, so label order and wiring are right end to end.
+    assert (p_int8.argmax(1) == labels).mean() >= 0.6
+
+
+@pytest.mark.train
+def test_evaluate_cli_reproduces_export_metrics(bundle: SimpleNamespace, trained: SimpleNamespace,
+                                                synthetic: SimpleNamespace, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    out_q, out_f = tmp_path / "int8", tmp_path / "float"
+    assert main(["evaluate", str(bundle.tflite), "--data", str(synthetic.val_npz), "--out", str(out_q)]) == 0
+    assert main(["evaluate", str(trained.run / "best.keras"), "--data", str(synthetic.val_npz), "--out", str(out_f)]) == 0
+    table = capsys.readouterr().out
+    assert "top-1" in table and "surprise" in table
+    mq = json.loads((out_q / "metrics.json").read_text())
+    mf = json.loads((out_f / "metrics.json").read_text())
+    assert mq["kind"] == "tflite-int8" and mf["kind"] == "keras-float"
+    assert round(mq["accuracy"], 4) == bundle.meta["metrics"]["int8"]["top1"]
+    assert round(mf["accuracy"], 4) == bundle.meta["metrics"]["float"]["top1"]
+    assert np.asarray(mq["confusion_matrix"]["counts"]).sum() == 70
+    assert (out_f / "training_curves.png").is_file() and (out_f / "confusion_matrix.png").is_file()
+    assert "## Limitations" in (out_q / "model_card.md").read_text()
+
+
+@pytest.mark.train
+def test_int8_drop_guard_refuses_and_writes_nothing(bundle: SimpleNamespace, trained: SimpleNamespace,
+                                                    synthetic: SimpleNamespace, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import train.export as export_mod
+
+    # Reuse the bundle's flatbuffer instead of converting again (conversion is tested above)...
+    monkeypatch.setattr(export_mod, "convert", lambda model, calib, int8=True: bundle.tflite.read_bytes())
+    # ...and score it on labels shifted by one class, against a float model forced to be right on
+    # every one of them: the int8 model (right on the true classes) then falls ~100 points behind.
+    val = load(synthetic.val_npz)
+    shifted = FaceSet(val.x, (val.y + 1) % len(EMOTIONS), "shifted labels")
+    np.savez(tmp_path / "shifted.npz", x=shifted.x, y=shifted.y)
+    monkeypatch.setattr(export_mod, "float_predictions",
+                        lambda model, faces: np.eye(len(EMOTIONS), dtype=np.float32)[shifted.y])
+    out = tmp_path / "refused"
+    with pytest.raises(export_mod.ExportError, match=r"int8 top-1 .* points below float 100.00% on shifted labels"):
+        export_mod.export(trained.run, out, "refused", load(synthetic.train_npz).x[:20], val=shifted, latency_runs=0)
+    assert list(out.iterdir()) == []  # neither the bundle nor its staging folder
+    # The same bundle with the float model scored honestly passes (int8 is no worse than float there).
+    monkeypatch.setattr(export_mod, "float_predictions",
+                        lambda model, faces: np.full((len(faces), len(EMOTIONS)), 1 / len(EMOTIONS), np.float32))
+    export_mod.export(trained.run, tmp_path / "kept", "kept", load(synthetic.train_npz).x[:20], val=shifted,
+                      latency_runs=0, report=False)
+    assert (tmp_path / "kept" / "kept.tflite").is_file()
+    # Through the CLI the refusal is one line on stderr and exit status 1.
+    monkeypatch.setattr(export_mod, "float_predictions",
+                        lambda model, faces: np.eye(len(EMOTIONS), dtype=np.float32)[shifted.y])
+    rc = main(["export", str(trained.run), "--out", str(out), "--name", "refused", "--calibration", "20",
+               "--val-data", str(tmp_path / "shifted.npz"), "--latency-runs", "0"])
+    assert rc == 1
+    assert "points below float" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert list(out.iterdir()) == []
+
+
+# --- no TensorFlow needed -------------------------------------------------------------------------
+
+
+def test_help_works_without_tensorflow() -> None:
+    # Make `import tensorflow` / `import keras` fail in the child, as on a Pi without the [train] extra.
+    code = (
+        "import sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None\n"
+        "from train.cli import main\n"
+        "for argv in (['--help'], ['fit', '--help'], ['export', '--help'], ['evaluate', '--help']):\n"
+        "    try:\n        main(argv)\n    except SystemExit as e:\n        assert e.code == 0, e.code\n"
+        "sys.exit(main(['fit', '--out', 'nowhere']))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert "usage: deepfer-train fit" in res.stdout and "--calibration" in res.stdout
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip().splitlines()[-1] == "deepfer-train fit: fit needs training data: --data PATH (or data = \"...\" in --recipe)"
+
+
+def test_bad_recipe_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "r.toml"
+    bad.write_text('data = "x.npz"\nepochz = 3\n')
+    assert main(["fit", "--out", str(tmp_path / "run"), "--recipe", str(bad)]) == 2
+    assert "unknown keys ['epochz']" in capsys.readouterr().err
+    bad.write_text('data = "x.npz"\nepochs = "many"\n')
+    assert main(["fit", "--out", str(tmp_path / "run"), "--recipe", str(bad)]) == 2
+    assert "epochs = 'many' should be a int" in capsys.readouterr().err
+    bad.write_text("data = \n")
+    assert main(["fit", "--out", str(tmp_path / "run"), "--recipe", str(bad)]) == 2
+    assert "not valid TOML" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_data_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("tensorflow")
+    rc = main(["fit", "--data", str(tmp_path / "none.npz"), "--out", str(tmp_path / "run"), "--verbose", "0"])
+    assert rc == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"deepfer-train fit: {tmp_path / 'none.npz'}: no such file or folder"
+
+
+def test_metrics_by_hand() -> None:
+    y = np.array([0, 0, 1, 2, 2, 2])
+    probs = np.array([
+        [0.7, 0.2, 0.1],  # 0 -> 0, right
+        [0.3, 0.6, 0.1],  # 0 -> 1, wrong, true class second
+        [0.1, 0.8, 0.1],  # 1 -> 1, right
+        [0.1, 0.1, 0.8],  # 2 -> 2, right
+        [0.5, 0.1, 0.4],  # 2 -> 0, wrong, true class second
+        [0.6, 0.3, 0.1],  # 2 -> 0, wrong, true class third
+    ])
+    m = compute_metrics(y, probs, labels=("a", "b", "c"))
+    assert m["accuracy"] == pytest.approx(3 / 6) and m["top2_accuracy"] == pytest.approx(5 / 6)
+    assert m["confusion_matrix"]["counts"] == [[1, 1, 0], [0, 1, 0], [2, 0, 1]]
+    # precision: a 1/3, b 1/2, c 1/1; recall: a 1/2, b 1/1, c 1/3
+    assert m["per_class"]["a"] == pytest.approx({"precision": 1 / 3, "recall": 1 / 2, "f1": 0.4, "support": 2})
+    assert m["per_class"]["c"]["f1"] == pytest.approx(0.5)
+    assert m["macro"]["f1"] == pytest.approx((0.4 + 2 / 3 + 0.5) / 3)
+    assert m["weighted"]["recall"] == pytest.approx(m["accuracy"])  # always so: support-weighted recall
+    assert m["nll"] == pytest.approx(-np.mean(np.log([0.7, 0.3, 0.8, 0.8, 0.4, 0.1])))
+    # ECE, 15 bins: confidence 0.7 (right) in (.667,.733]; both 0.6s (wrong) in (.533,.6];
+    # both 0.8s (right) in (.733,.8]; 0.5 (wrong) in (.467,.533]. Sum of |accuracy - confidence| x share.
+    ece = (abs(1 - 0.7) * 1 + 0.6 * 2 + abs(1 - 0.8) * 2 + 0.5 * 1) / 6
+    assert expected_calibration_error(y, probs) == pytest.approx(ece)
+    assert m["ece"] == pytest.approx(ece)
+
+
+def test_macro_average_skips_absent_classes() -> None:
+    y = np.array([0, 1, 0, 1])
+    probs = np.eye(7)[[0, 1, 0, 1]] * 0.9 + 0.1 / 7
+    m = compute_metrics(y, probs)
+    assert m["accuracy"] == 1.0 and m["macro"]["f1"] == pytest.approx(1.0)
+    assert m["per_class"]["happy"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+
+
+def test_calibration_set_is_stratified() -> None:
+    y = np.concatenate([np.full(n, c) for c, n in enumerate([400, 20, 400, 700, 480, 300, 500])])
+    data = FaceSet(np.random.default_rng(0).integers(0, 256, (len(y), 48, 48), dtype=np.uint8), y, "mem")
+    calib = calibration_set(data, 100, seed=1)
+    assert calib.shape == (100, 48, 48)
+    # Find each chosen face's class by its pixels: every class is represented, the rare one too.
+    index = {data.x[i].tobytes(): int(data.y[i]) for i in range(len(data))}
+    classes = np.bincount([index[f.tobytes()] for f in calib], minlength=7)
+    assert (classes >= 1).all() and classes[3] >= classes[1]
+    assert len({f.tobytes() for f in calib}) == 100  # no face twice
+
+
+def test_spanning_calibration_reaches_0_and_255() -> None:
+    faces = np.random.default_rng(0).integers(40, 200, (5, 48, 48, 1), dtype=np.uint8)
+    out = spanning_calibration(faces)
+    assert out.min() == 0 and out.max() == 255 and len(out) == 6
+    assert np.array_equal(out[:5], faces)  # the real faces are kept as they are
+    full = faces.copy()
+    full[0, 0, 0, 0], full[1, 0, 0, 0] = 0, 255
+    assert spanning_calibration(full) is full

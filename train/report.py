@@ -1,0 +1,189 @@
+"""Human-readable output of training: confusion-matrix and training-curve plots, the model card."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+LIMITATIONS = """\
+- **Data bias.** FER2013 was scraped from web image searches: mostly posed or staged
+  expressions, skewed towards young adults and light skin, few children or elderly
+  people, and little variety in head pose, occlusion (glasses, masks) or lighting.
+  Accuracy on other people and settings is likely lower than the numbers above.
+- **Label noise.** FER2013 labels are single crowd judgements; FER+ re-labelling found
+  roughly one in ten disagreeing with a 10-annotator majority. Human agreement on the
+  7 classes is itself only about 65-70%.
+- **Class imbalance.** *disgust* has ~1.5% of the training faces; its scores are the
+  least reliable. *fear* and *sad* are commonly confused with each other and *neutral*.
+- **What it measures.** The model labels the visible facial expression of a 48x48
+  grayscale crop. It does not read a person's emotional state, intent or truthfulness,
+  and must not be used to make decisions about individuals.
+- **Input assumptions.** Frontal-ish faces of at least ~40 px, cropped the daemon's way
+  (square box with the bundle's ``crop_margin``). Profile faces, heavy blur and very
+  dark frames fall outside what it was trained on.
+"""
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusion(metrics: dict[str, Any], path: Path, title: str | None = None) -> Path:
+    """Row-normalised confusion matrix (each true class sums to 1), with counts as support."""
+    plt = _pyplot()
+    labels = metrics["confusion_matrix"]["labels"]
+    cm = np.asarray(metrics["confusion_matrix"]["counts"], np.float64)
+    rows = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    fig, ax = plt.subplots(figsize=(6.4, 5.6), dpi=100)
+    im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), [f"{lab} ({int(n)})" for lab, n in zip(labels, rows[:, 0])])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true (support)")
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_title(title or f"{metrics.get('model', 'model')} ({metrics.get('kind', '')}): top-1 {metrics['accuracy']:.3f}")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def read_history(path: Path) -> dict[str, list[float]]:
+    """Columns of Keras' CSVLogger file; rows of every stage and resume, in order."""
+    cols: dict[str, list[float]] = {}
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        for row in reader:
+            if row.get("epoch") == "epoch":  # a header repeated by an appending logger
+                continue
+            for k, v in row.items():
+                if k is None:
+                    continue
+                try:
+                    cols.setdefault(k, []).append(float(v))
+                except (TypeError, ValueError):
+                    cols.setdefault(k, []).append(math.nan)
+    return cols
+
+
+def plot_history(history_csv: Path, path: Path) -> Path:
+    """Loss and accuracy per epoch, train vs validation (stages and resumes laid end to end)."""
+    plt = _pyplot()
+    h = read_history(history_csv)
+    n = len(next(iter(h.values()), []))
+    epochs = np.arange(1, n + 1)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    for ax, key, title in ((axes[0], "loss", "loss"), (axes[1], "accuracy", "top-1 accuracy")):
+        for prefix, style in (("", "-"), ("val_", "--")):
+            if prefix + key in h:
+                ax.plot(epochs, h[prefix + key], style, marker=".", label=(prefix or "train_").rstrip("_"))
+        if key == "accuracy" and "val_top2" in h:
+            ax.plot(epochs, h["val_top2"], ":", marker=".", label="val top-2")
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.1f}%"
+
+
+RECIPE_KEYS = ("arch", "width", "input_size", "weights", "epochs", "batch_size", "lr", "label_smoothing",
+               "class_weight_power", "seed", "limit")
+
+
+def model_card(
+    name: str,
+    metrics: dict[str, dict[str, Any]],
+    recipe: dict[str, Any] | None = None,
+    training_data: dict[str, Any] | None = None,
+    eval_data: str = "",
+    images: dict[str, str] | None = None,
+    latency_ms: float | None = None,
+    agreement: float | None = None,
+    bundle: dict[str, Any] | None = None,
+) -> str:
+    """Markdown model card. ``metrics`` maps a model kind (e.g. ``keras-float``,
+    ``tflite-int8``) to full metrics from :func:`train.evaluate.compute_metrics`;
+    ``images`` maps ``confusion`` / ``curves`` to file names beside the card."""
+    out = [f"# Model card: {name}", ""]
+    if bundle:
+        out += [
+            f"Version {bundle.get('version', '?')}, created {bundle.get('created', '?')}. "
+            f"Input {bundle.get('input_size')}x{bundle.get('input_size')}x{bundle.get('channels')} "
+            f"{bundle.get('input_dtype', '')} raw pixels (normalisation folded into the graph), "
+            f"crop margin {bundle.get('crop_margin')}, output: {bundle.get('output')} over "
+            f"{', '.join(bundle.get('labels', []))}.",
+            "",
+        ]
+    out += ["## Data", ""]
+    td = training_data or {}
+    if td:
+        out.append(f"- Training: `{td.get('source', '?')}`" + (f", {td['n_train']} faces" if "n_train" in td else ""))
+        if td.get("val_source"):
+            out.append(f"- Validation: `{td['val_source']}`" + (f", {td['n_val']} faces" if "n_val" in td else ""))
+        if td.get("class_counts"):
+            out.append("- Training faces per class: " + ", ".join(f"{k} {v}" for k, v in td["class_counts"].items()))
+    if eval_data:
+        out.append(f"- Evaluated on: `{eval_data}`")
+    out.append("")
+    if recipe:
+        out += ["## Recipe", "", "| setting | value |", "|---|---|"]
+        out += [f"| {k} | {recipe[k]} |" for k in RECIPE_KEYS if k in recipe]
+        out.append("")
+    out += ["## Metrics", "", "| model | n | top-1 | top-2 | macro-F1 | weighted-F1 | ECE (15 bins) |", "|---|---|---|---|---|---|---|"]
+    for kind, m in metrics.items():
+        out.append(
+            f"| {kind} | {m['n']} | {_pct(m['accuracy'])} | {_pct(m['top2_accuracy'])} | {m['macro']['f1']:.3f} | "
+            f"{m['weighted']['f1']:.3f} | {m['ece']:.3f} |"
+        )
+    out.append("")
+    kinds = list(metrics)
+    if len(kinds) == 2:
+        a, b = (metrics[k] for k in kinds)
+        out.append(
+            f"{kinds[1]} vs {kinds[0]}: top-1 {100 * (b['accuracy'] - a['accuracy']):+.2f} points"
+            + (f", same top-1 class on {_pct(agreement)} of faces" if agreement is not None else "")
+            + "."
+        )
+        out.append("")
+    if latency_ms is not None:
+        host = (bundle or {}).get("latency_host", "the export machine, 1 thread")
+        out += [f"Latency: {latency_ms:.2f} ms per face (median, through the daemon's classifier) on {host}.", ""]
+    last = metrics[kinds[-1]]
+    out += [f"### Per class ({kinds[-1]})", "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+    for label, row in last["per_class"].items():
+        out.append(f"| {label} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} | {row['support']} |")
+    out.append("")
+    if images:
+        out += ["## Plots", ""]
+        if "confusion" in images:
+            out += [f"![confusion matrix, rows normalised]({images['confusion']})", ""]
+        if "curves" in images:
+            out += [f"![training curves]({images['curves']})", ""]
+    out += ["## Limitations", "", LIMITATIONS]
+    return "\n".join(out)
