@@ -189,7 +189,7 @@ setup_coral() {
     apt_install curl gnupg
     if [[ ! -s $CORAL_KEYRING ]]; then
         run install -d -m 0755 "$(dirname "$CORAL_KEYRING")"
-        run bash -c "curl -fsSL '$CORAL_KEY_URL' | gpg --dearmor --yes -o '$CORAL_KEYRING'"
+        run bash -c "set -o pipefail; curl -fsSL '$CORAL_KEY_URL' | gpg --dearmor --yes -o '$CORAL_KEYRING'"
     else
         say "Coral signing key present: $CORAL_KEYRING"
     fi
@@ -319,12 +319,18 @@ verify_imports() {
     if [[ $RPI_OS == 1 ]] && ! err=$("$py" -c 'import picamera2' 2>&1); then
         local venv_numpy
         venv_numpy=$("$py" -c 'import numpy; print(numpy.__version__)' 2>/dev/null || echo '?')
-        die "import picamera2 fails in the venv: ${err##*$'\n'}
-  picamera2/simplejpeg come from apt and are built against the system numpy ($SYS_NUMPY);
+        if [[ $venv_numpy != "$SYS_NUMPY" ]]; then
+            die "import picamera2 fails in the venv: ${err##*$'\n'}
+  picamera2/simplejpeg come from apt and are built against the system numpy (${SYS_NUMPY:-none});
   the venv imports numpy $venv_numpy. Fix (then run this script again):
     sudo $py -m pip uninstall -y numpy        # use the system numpy
-    sudo $py -m pip install 'numpy==$SYS_NUMPY' 'opencv-python-headless<4.12'
+    sudo $py -m pip install 'numpy==${SYS_NUMPY:-<system version>}' 'opencv-python-headless<4.12'
   or, without a CSI camera, remove python3-picamera2 and use camera.source = \"usb:0\"."
+        fi
+        die "import picamera2 fails in the venv: ${err##*$'\n'}
+  numpy matches the system's ($venv_numpy), so this is not the numpy pitfall. Check apt's
+  install outside the venv: /usr/bin/python3 -c 'import picamera2'
+  (sudo apt-get install --reinstall python3-picamera2 python3-libcamera)."
     fi
     say "imports OK: numpy $("$py" -c 'import numpy; print(numpy.__version__)'), OpenCV, deepfer$([[ $RPI_OS == 1 ]] && echo ', picamera2')"
 }
@@ -376,6 +382,9 @@ install_unit() {
 do_install() {
     [[ -f $SCRIPT_DIR/edge.example.toml && -f $REPO_DIR/systemd/$UNIT_NAME ]] ||
         die "run this script from a deepfer checkout: it needs deploy/edge.example.toml and systemd/$UNIT_NAME beside it"
+    if [[ $DRY_RUN != 1 && -z $PREFIX && ! -d /run/systemd/system ]]; then
+        die "systemd is not running here (a container?); this script installs a systemd service"
+    fi
     case $(dpkg --print-architecture 2>/dev/null || uname -m) in
         arm64 | aarch64 | amd64 | x86_64) ;;
         *) warn "$(dpkg --print-architecture 2>/dev/null || uname -m) has no ai-edge-litert wheel; use Raspberry Pi OS 64-bit" ;;
@@ -472,4 +481,7 @@ main() {
     fi
 }
 
-main "$@"
+# Sourcing (tests) defines the functions without running anything.
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+    main "$@"
+fi

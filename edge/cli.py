@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
+
 from edge.settings import EX_CONFIG, ConfigError, EdgeSettings, load_settings
 
 log = logging.getLogger("deepfer.edge")
@@ -142,6 +144,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"deepfer-edge: {exc}\n")
         return EX_CONFIG
     setup_logging(settings.log_level)
+    if settings.mqtt.password is None and settings.mqtt.password_file is None:
+        from edge.notify import read_credential
+
+        # systemd's LoadCredential= hands the password over as a file, never on the command line.
+        secret = read_credential("mqtt_password", os.environ)
+        if secret:
+            settings.mqtt.password = SecretStr(secret)
     if args.command == "config":
         sys.stdout.write(json.dumps(settings.model_dump(mode="json"), indent=2) + "\n")
         return 0
@@ -168,8 +177,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(settings: EdgeSettings, max_frames: int = 0) -> int:
+    import faulthandler
+
     from edge import daemon
     from edge.notify import SystemdNotifier
+
+    # systemd's watchdog kills with SIGABRT: the journal then shows where every thread hung.
+    faulthandler.enable()
 
     if not settings.stdout.enabled and not settings.mqtt.enabled:
         log.warning("no output enabled: pass --stdout and/or --mqtt-host (or set them in the config); events go nowhere")

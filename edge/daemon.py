@@ -33,7 +33,8 @@ def build(settings: EdgeSettings, sinks: list[EventSink] | None = None) -> Compo
     """Create every component from its own settings section (nothing is started yet)."""
     from edge.classifier import create_classifier
     from edge.detectors import create_detector
-    from edge.sinks import create_sinks, sequence_file
+    from edge.sinks import create_sinks
+    from edge.sinks.mqtt_sink import sequence_file
     from edge.sources import open_source
 
     bundle = load_bundle(settings.classifier.model)
@@ -42,8 +43,8 @@ def build(settings: EdgeSettings, sinks: list[EventSink] | None = None) -> Compo
     classifier = create_classifier(bundle, settings.classifier)
     detector = create_detector(settings.detector)
     source = open_source(settings.camera)
-    sinks = create_sinks(settings) if sinks is None else sinks
     envelope = Envelope(settings.device_id, sequence_file(settings.mqtt))
+    sinks = create_sinks(settings, envelope) if sinks is None else sinks
     info = {
         "backend": classifier.backend,
         "runtime": getattr(classifier, "runtime", ""),

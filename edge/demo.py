@@ -22,7 +22,7 @@ FACE_ASSET = "astronaut_face.jpg"
 # Where the Haar cascade finds the face inside the asset (180x200); the demo's ground truth.
 FACE_IN_ASSET = Box(42, 47, 95, 95)
 
-_BASE_SCALE = 1.15  # face of about 110 px in a 480-line frame
+_BASE_SCALE = 1.35  # face of about 128 px in a 480-line frame
 _SCALE_SWING = 0.12
 _SWING_X = 0.22  # of the frame width
 _SWING_Y = 0.08  # of the frame height

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -37,6 +38,8 @@ class SystemdNotifier:
         self._clock = clock
         self._address = _socket_address(env.get("NOTIFY_SOCKET", ""))
         self._sock: socket.socket | None = None
+        # status() may come from another thread than the frame loop's watchdog().
+        self._lock = threading.Lock()
         self._failed = False
         self._last_watchdog: float | None = None
         self._watchdog_interval_s = _watchdog_interval(env)
@@ -57,11 +60,12 @@ class SystemdNotifier:
             return False
         payload = "\n".join(assignments).encode("utf-8", "replace")
         try:
-            if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-                # A busy manager must never stall the frame loop; a lost status line is harmless.
-                self._sock.setblocking(False)
-            self._sock.sendto(payload, self._address)
+            with self._lock:
+                if self._sock is None:
+                    self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                    # A busy manager must never stall the frame loop; a lost status line is harmless.
+                    self._sock.setblocking(False)
+                self._sock.sendto(payload, self._address)
         except OSError as exc:
             if not self._failed:
                 self._failed = True
@@ -107,9 +111,10 @@ class SystemdNotifier:
         self.notify(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}")
 
     def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
 
     @property
     def _display_address(self) -> str:

@@ -62,10 +62,12 @@ def fake_root(tmp_path: Path, unit_text: str, with_binary: bool = True) -> Path:
     default dependencies such as sysinit.target), the unit under /etc/systemd/system
     and, unless told otherwise, a stub at its ExecStart path."""
     root = tmp_path / "root"
+    copied: set[Path] = set()
     for units in ("usr/lib/systemd/system", "lib/systemd/system"):
         host = Path("/") / units
-        if host.is_dir() and not host.is_symlink() and not (root / units).exists():
+        if host.is_dir() and host.resolve() not in copied:  # /lib is /usr/lib on merged-/usr systems
             shutil.copytree(host, root / units, symlinks=True)
+            copied.add(host.resolve())
     (root / "etc/systemd/system").mkdir(parents=True, exist_ok=True)
     (root / "etc/systemd/system" / UNIT.name).write_text(unit_text)
     if with_binary:
@@ -167,6 +169,12 @@ def fake_python(tmp_path: Path, numpy: str | None) -> Path:
     return exe
 
 
+def stub_python(path: Path) -> None:
+    """A venv interpreter that runs (install.sh only asks it to start)."""
+    path.write_text("#!/bin/sh\nexit 0\n")
+    path.chmod(0o755)
+
+
 def dry_run(prefix: Path, *args: str, python: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPFER_")}
     env |= {"DEEPFER_PREFIX": str(prefix), "DEEPFER_DRY_RUN": "1"}
@@ -249,7 +257,7 @@ def test_second_run_keeps_local_settings_and_reuses_the_venv(tmp_path: Path) -> 
     (etc / "mqtt_password").write_text("hunter2\n")
     venv = prefix / "opt/deepfer/venv"
     (venv / "bin").mkdir(parents=True)
-    (venv / "bin/python").symlink_to(sys.executable)
+    stub_python(venv / "bin/python")
     (venv / "pyvenv.cfg").write_text("home = /usr/bin\ninclude-system-site-packages = true\n")
     before = {p: p.read_bytes() for p in (etc / "edge.toml", etc / "mqtt_password")}
 
@@ -276,7 +284,7 @@ def test_venv_without_system_site_packages_is_rebuilt(tmp_path: Path) -> None:
     prefix = tmp_path / "prefix"
     venv = prefix / "opt/deepfer/venv"
     (venv / "bin").mkdir(parents=True)
-    (venv / "bin/python").symlink_to(sys.executable)
+    stub_python(venv / "bin/python")
     (venv / "pyvenv.cfg").write_text("include-system-site-packages = false\n")
     cmds = commands(dry_run(prefix, python=fake_python(tmp_path, None)).stdout)
     assert cmds.index(f"rm -rf {venv}") < cmds.index(f"{tmp_path}/python3 -m venv --system-site-packages {venv}")
@@ -325,6 +333,46 @@ def test_package_sources(tmp_path: Path) -> None:
     wheel.write_bytes(b"")
     from_wheel = [c for c in commands(dry_run(tmp_path / "c", str(wheel), python=py).stdout) if " -m pip " in c]
     assert len(from_wheel) == 2 and from_wheel[1].endswith(f"install --no-deps --force-reinstall {wheel}")
+
+
+def fake_venv_python(tmp_path: Path, numpy: str, picamera2_error: str | None) -> Path:
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    exe = venv / "bin/python"
+    picamera2 = f'echo "{picamera2_error}" >&2; exit 1' if picamera2_error else "exit 0"
+    exe.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in\n'
+        f'  *"import picamera2"*) {picamera2};;\n'
+        f'  *"print(numpy.__version__)"*) echo {numpy};;\n'
+        "  *) exit 0;;\n"
+        "esac\n"
+    )
+    exe.chmod(0o755)
+    return venv
+
+
+def verify_imports(venv: Path, system_numpy: str) -> subprocess.CompletedProcess[str]:
+    """install.sh's post-install check, run on its own by sourcing the script."""
+    script = 'source "$1"; DRY_RUN=0 VENV="$2" RPI_OS=1 SYS_NUMPY="$3"; verify_imports'
+    return subprocess.run(["bash", "-c", script, "bash", str(INSTALL), str(venv), system_numpy],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_post_install_check_explains_the_numpy_pitfall(tmp_path: Path) -> None:
+    error = "ValueError: numpy.dtype size changed, may indicate binary incompatibility. Expected 96 from C header, got 88 from PyObject"
+    result = verify_imports(fake_venv_python(tmp_path / "a", "2.2.0", error), "1.24.2")
+    assert result.returncode == 1
+    assert "numpy.dtype size changed" in result.stderr
+    assert "the venv imports numpy 2.2.0" in result.stderr and "system numpy (1.24.2)" in result.stderr
+    assert "pip uninstall -y numpy" in result.stderr and "numpy==1.24.2" in result.stderr
+
+    other = verify_imports(fake_venv_python(tmp_path / "b", "1.24.2", "ImportError: libcamera.so.0.3: cannot open"), "1.24.2")
+    assert other.returncode == 1 and "not the numpy pitfall" in other.stderr and "libcamera.so" in other.stderr
+
+    fine = verify_imports(fake_venv_python(tmp_path / "c", "1.24.2", None), "1.24.2")
+    assert fine.returncode == 0, fine.stderr
+    assert "imports OK: numpy 1.24.2, OpenCV, deepfer, picamera2" in fine.stdout
 
 
 def test_with_coral_adds_the_repository_once(tmp_path: Path) -> None:

@@ -63,7 +63,8 @@ def keras_predict_fn(model: Any, batch_size: int = 256) -> PredictFn:
         for i in range(0, len(faces), batch_size):
             # Direct calls skip predict()'s tf.data set-up, which dominates on small sets.
             batch = np.asarray(faces[i : i + batch_size], np.float32)
-            out.append(np.asarray(model(batch, training=False), np.float32))
+            y = model(batch, training=False)
+            out.append(np.asarray(y.numpy() if hasattr(y, "numpy") else y, np.float32))
         scores = np.concatenate(out) if out else np.empty((0, len(EMOTIONS)), np.float32)
         return scores if probs_out else softmax(scores)
 
