@@ -107,7 +107,14 @@ def read_password(settings: MqttSettings) -> str | None:
     return None
 
 
-def _make_client(settings: MqttSettings, client_id: str, password: str | None) -> mqtt.Client:
+def make_client(settings: MqttSettings, client_id: str = "", password: str | None = None) -> mqtt.Client:
+    """A paho client (callback API 2, MQTT 3.1.1) with the credentials and TLS of ``settings``, not connected.
+
+    ``password`` defaults to :func:`read_password`; raises ConfigError for
+    unreadable password or TLS files. Reconnect delays follow the settings.
+    """
+    if password is None:
+        password = read_password(settings)
     client = mqtt.Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
         client_id=client_id,
@@ -138,6 +145,7 @@ def _make_client(settings: MqttSettings, client_id: str, password: str | None) -
         client.tls_insecure_set(settings.tls_insecure)
     elif settings.ca_file or settings.cert_file:
         log.warning("mqtt.ca_file/cert_file are set but mqtt.tls is false; the connection is NOT encrypted")
+    client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)  # type: ignore[arg-type]
     return client
 
 
@@ -204,8 +212,7 @@ def check_broker(settings: MqttSettings, timeout: float = 5.0) -> str | None:
     daemon's session off the broker, and no last will.
     """
     try:
-        password = read_password(settings)
-        client = _make_client(settings, f"{settings.client_id or 'deepfer'}-check-{time.monotonic_ns() % 100000}", password)
+        client = make_client(settings, f"{settings.client_id or 'deepfer'}-check-{time.monotonic_ns() % 100000}")
     except ConfigError as exc:
         return str(exc)
     result: dict[str, Any] = {}
@@ -327,8 +334,7 @@ class MqttSink:
         """
         if self._client is not None:
             return
-        password = read_password(self.settings)
-        client = _make_client(self.settings, self.client_id, password)
+        client = make_client(self.settings, self.client_id)
         if self.settings.persist:
             self._open_journal()
             if self._envelope is not None and getattr(self._envelope, "_state_file", None) is None:
@@ -337,7 +343,6 @@ class MqttSink:
                     "seq numbers restart at 1 after a restart while old events are still queued"
                 )
         client.will_set(self.availability_topic, payload=OFFLINE, qos=1, retain=True)
-        client.reconnect_delay_set(self.settings.reconnect_min_s, self.settings.reconnect_max_s)  # type: ignore[arg-type]
         # Room for the send window plus a reconnect's worth of discovery, state, stats and availability.
         client.max_inflight_messages_set(self._window + len(self.labels) + 16)
         client.on_pre_connect = self._guard(self._on_pre_connect)

@@ -1,0 +1,141 @@
+"""The daemon end to end, as a user runs it: a real process, real model, real OpenCV, real broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from broker import Subscriber, read_retained
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+CLIP = SHARED / "data" / "faces" / "pyfeat" / "single_face.mp4"
+needs_clip = pytest.mark.skipif(not CLIP.exists(), reason=f"{CLIP} is absent (the ../shared data folder is not beside the checkout)")
+
+
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPFER_") and k not in ("NOTIFY_SOCKET", "CREDENTIALS_DIRECTORY")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def daemon(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", *args], cwd=ROOT, env=clean_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw,
+    )
+
+
+def lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_demo_prints_events_on_stdout():
+    p = daemon("--camera", "demo", "--stdout", "--device-id", "demo-box")
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    msgs = lines(out)
+    topics = [m["topic"] for m in msgs]
+    assert {"events", "state", "stats"} <= set(topics), topics
+    events = [m["payload"] for m in msgs if m["topic"] == "events"]
+    assert events[0]["type"] == "track_started" and events[-1]["type"] == "track_ended"
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert all(m["payload"]["device_id"] == "demo-box" for m in msgs)
+    stats = [m["payload"] for m in msgs if m["topic"] == "stats"][-1]
+    assert stats["frames"]["processed"] > 0 and stats["model"]["name"]
+    assert "stopped after" in err
+
+
+@needs_clip
+def test_clip_to_broker_availability_events_state_stats(broker):
+    prefix = "deepfer/e2e"
+    sub = Subscriber(broker, [f"{prefix}/#"])
+    try:
+        p = daemon("--camera", str(CLIP), "--mqtt-host", broker.host, "--mqtt-port", str(broker.port), "--device-id", "e2e")
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        assert sub.wait_for(lambda ms: any(m.topic.endswith("/availability") and m.text == "offline" for m in ms), 20), err
+    finally:
+        sub.close()
+    avail = [m.text for m in sub.on(f"{prefix}/availability")]
+    assert avail[0] == "online" and avail[-1] == "offline"
+    events = [json.loads(m.payload) for m in sub.on(f"{prefix}/events")]
+    assert events and events[0]["type"] == "track_started" and events[-1]["type"] == "track_ended"
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    states = [json.loads(m.payload) for m in sub.on(f"{prefix}/state")]
+    stats = [json.loads(m.payload) for m in sub.on(f"{prefix}/stats")]
+    assert states and stats
+    assert states[-1]["frames"] >= 1 and stats[-1]["frames"]["processed"] == 72  # every frame of a file is processed
+    assert set(stats[-1]["latency_ms"]) >= {"detect", "classify", "publish"}
+    retained = read_retained(broker, f"{prefix}/#")
+    assert retained[f"{prefix}/availability"] == b"offline"
+    assert json.loads(retained[f"{prefix}/state"])["seq"] == states[-1]["seq"]
+
+
+@needs_clip
+def test_sigterm_flushes_and_exits_zero(broker):
+    prefix = "deepfer/term"
+    sub = Subscriber(broker, [f"{prefix}/#"])
+    try:
+        p = daemon("--camera", str(CLIP), "--loop", "--mqtt-host", broker.host, "--mqtt-port", str(broker.port), "--device-id", "term")
+        assert sub.wait_for(lambda ms: any(m.topic.endswith("/events") for m in ms), 60), "no event before SIGTERM"
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        assert sub.wait_for(lambda ms: any(m.topic.endswith("/availability") and m.text == "offline" for m in ms), 20)
+    finally:
+        sub.close()
+    events = [json.loads(m.payload) for m in sub.on(f"{prefix}/events")]
+    started = {e["track_id"] for e in events if e["type"] == "track_started"}
+    ended = {e["track_id"] for e in events if e["type"] == "track_ended"}
+    assert started and started == ended  # every open track was closed, none lost
+    assert "SIGTERM received" in err
+
+
+@needs_clip
+def test_killed_daemon_reads_offline_through_last_will(broker):
+    prefix = "deepfer/kill"
+    sub = Subscriber(broker, [f"{prefix}/availability"])
+    try:
+        p = daemon("--camera", str(CLIP), "--loop", "--mqtt-host", broker.host, "--mqtt-port", str(broker.port), "--device-id", "kill")
+        assert sub.wait_for(lambda ms: any(m.text == "online" for m in ms), 60)
+        p.send_signal(signal.SIGKILL)
+        p.communicate(timeout=30)
+        # The broker sends the will once it notices the dead connection (at once on a closed socket).
+        assert sub.wait_for(lambda ms: ms[-1].text == "offline", 30)
+    finally:
+        sub.close()
+    assert read_retained(broker, f"{prefix}/#")[f"{prefix}/availability"] == b"offline"
+
+
+@needs_clip
+def test_bench_prints_figures():
+    p = daemon("bench", "--camera", str(CLIP), "--frames", "60", "--json")
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    r = json.loads(out)
+    assert r["frames"] == 60 and r["processed_fps"] > 0 and r["rss_mb"] > 0
+    assert r["face_found_ratio"] >= 0.9
+    assert {"detect", "classify", "read"} <= set(r["latency_ms"])
+
+
+def test_check_reports_each_part(tmp_path):
+    p = daemon("check", "--camera", "demo", "--json")
+    out, err = p.communicate(timeout=120)
+    results = {r["check"]: r for r in json.loads(out)}
+    assert results["model"]["ok"] and results["camera"]["ok"] and results["detector"]["ok"], results
+    assert results["broker"]["ok"] and "disabled" in results["broker"]["detail"]
+    assert p.returncode == 0
+    p = daemon("check", "--camera", str(tmp_path / "nope.mp4"), "--mqtt-host", "127.0.0.1", "--mqtt-port", "1", "--json")
+    out, _ = p.communicate(timeout=120)
+    results = {r["check"]: r for r in json.loads(out)}
+    assert p.returncode == 1
+    assert not results["camera"]["ok"] and "nope.mp4" in results["camera"]["detail"]
+    assert not results["broker"]["ok"] and "127.0.0.1:1" in results["broker"]["detail"]
