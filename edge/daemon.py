@@ -59,6 +59,9 @@ def build(settings: EdgeSettings, sinks: list[EventSink] | None = None) -> Compo
         detect_every=settings.detector.every_n_frames, min_face=settings.detector.min_face,
     )
     aggregator.status_provider = pipeline.sink_status
+    if len(sinks) == 1 and hasattr(sinks[0], "on_broken_pipe"):
+        # `deepfer-edge --stdout | head`: with nobody left to read, there is nothing left to do.
+        sinks[0].on_broken_pipe = pipeline.stop
     return Components(settings, bundle, source, pipeline, list(sinks))
 
 

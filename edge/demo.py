@@ -79,7 +79,7 @@ class DemoClip:
     def placement(self, i: int) -> tuple[int, int, float]:
         """Left, top and scale of the face patch in frame ``i``."""
         t = (i % self.frames) / self.frames
-        scale = self._base * (1.0 + _SCALE_SWING * math.sin(2 * math.pi * t))
+        scale = self._base * (1.0 + _SCALE_SWING * math.sin(2 * math.pi * t + 1.0))  # out of step with the path
         fh, fw = self._face.shape[:2]
         pw, ph = fw * scale, fh * scale
         cx = self.width / 2 + _SWING_X * self.width * math.sin(2 * math.pi * t)

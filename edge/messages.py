@@ -43,6 +43,11 @@ class Envelope:
             except (OSError, ValueError, AttributeError) as exc:
                 log.warning("sequence file %s unreadable (%s); sequences restart at 1", state_file, exc)
 
+    @property
+    def state_file(self) -> Path | None:
+        """Where the sequence counters persist (None: they restart at 1 with the daemon)."""
+        return self._state_file
+
     def next_seq(self, topic: str) -> int:
         with self._lock:
             seq = self._seq.get(topic, 0) + 1

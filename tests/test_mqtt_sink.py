@@ -482,3 +482,22 @@ def test_events_published_before_start_go_after_the_stored_ones(
     broker.start()
     assert sub.wait_for(lambda ms: len({json.loads(m.payload)["seq"] for m in ms if m.topic == EVENTS}) >= 5, timeout=30)
     assert first_occurrences(seqs(sub)) == [1, 2, 3, 4, 5]
+
+
+def test_an_outage_logs_one_warning_per_change_not_per_retry(
+    broker: Broker, make_sink: Callable[..., MqttSink], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="edge.sinks")
+    sink = make_sink(broker.settings())
+    assert wait_until(lambda: sink.status()["connected"])
+    broker.stop()
+    assert wait_until(lambda: sink.status()["failed_attempts"] >= 5)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    # "lost the connection", then "refused the connection" — and nothing for the retries after it.
+    assert len(warnings) == 2, warnings
+    assert "lost the connection" in warnings[0] and "refused the connection" in warnings[1]
+    assert all(f"{broker.host}:{broker.port}" in w for w in warnings)
+    assert not any(r.exc_info for r in caplog.records)
+    broker.start()
+    assert wait_until(lambda: sink.status()["connected"])
+    assert sink.status()["last_error"] is not None and sink.status()["reconnects"] == 1

@@ -84,7 +84,7 @@ def _history_epochs(run: Path) -> list[int]:
 
 @pytest.fixture(scope="module")
 def trained(synthetic: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    """`deepfer-train fit` for 2 epochs, then `fit --resume` after the recipe grows to 3 epochs."""
+    """`deepfer-train fit` for 2 epochs, then `fit --resume` after the recipe grows to 4 epochs."""
     pytest.importorskip("tensorflow")
     run = tmp_path_factory.mktemp("runs") / "tiny"
     rc = main(["fit", "--data", str(synthetic.folder), "--val-data", str(synthetic.val_npz), "--out", str(run),
@@ -92,8 +92,8 @@ def trained(synthetic: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory
     assert rc == 0
     first_recipe = json.loads((run / "recipe.json").read_text())
     first_history = (run / "history.csv").read_text().splitlines()
-    # Stand-in for an interrupted run: it has finished 2 of the 3 epochs its recipe asks for.
-    (run / "recipe.json").write_text(json.dumps({**first_recipe, "epochs": 3}))
+    # Stand-in for an interrupted run: it has finished 2 of the 4 epochs its recipe asks for.
+    (run / "recipe.json").write_text(json.dumps({**first_recipe, "epochs": 4}))
     assert main(["fit", "--out", str(run), "--resume", "--verbose", "0"]) == 0
     return SimpleNamespace(run=run, first_recipe=first_recipe, first_history=first_history)
 
@@ -135,7 +135,7 @@ def test_resume_continues_without_redoing_epochs(trained: SimpleNamespace) -> No
     assert [int(line.split(",")[0]) for line in trained.first_history[1:]] == [0, 1]
     lines = (trained.run / "history.csv").read_text().splitlines()
     assert lines[: len(trained.first_history)] == trained.first_history  # earlier rows untouched
-    assert _history_epochs(trained.run) == [0, 1, 2]  # only the missing epoch ran
+    assert _history_epochs(trained.run) == [0, 1, 2, 3]  # only the missing epochs ran
     assert (trained.run / "model.keras").is_file() and (trained.run / "best.keras").is_file()
 
 
@@ -166,7 +166,7 @@ def test_bundle_json_fields(bundle: SimpleNamespace, trained: SimpleNamespace) -
     assert m["metrics"]["float"]["n"] == 70 and 0.0 <= m["metrics"]["int8_float_agreement"] <= 1.0
     assert m["training_data"]["n_train"] == 140 and m["training_data"]["n_val"] == 70
     assert m["calibration"]["n"] == 50
-    assert m["recipe"]["epochs"] == 3 and m["recipe"]["arch"] == "fernet"
+    assert m["recipe"]["epochs"] == 4 and m["recipe"]["arch"] == "fernet"
     assert datetime.fromisoformat(m["created"].replace("Z", "+00:00")).tzinfo is not None
     assert m["latency_ms_per_face"] > 0
     assert m["edgetpu"]["compiled"] is False or (bundle.out / "tiny_int8_edgetpu.tflite").is_file()

@@ -14,10 +14,15 @@ Topics are ``{prefix}/{device_id}/{topic}``:
 - ``state``, ``stats`` (retained, QoS 1): latest value wins; only the newest
   of each is kept, and it is re-published after every reconnect (a broker
   without persistence forgets retained messages when it restarts).
-- ``availability``: retained plain ``online`` after each (re)connect, sent
-  after the latest state and stats; the last will is ``offline`` (retained,
-  QoS 1), and a clean ``stop()`` publishes ``offline`` itself before
-  disconnecting.
+- ``availability`` (owned by this sink; messages for it are ignored):
+  retained plain ``online`` after each (re)connect, sent after the latest
+  state and stats; the last will is ``offline`` (retained, QoS 1). A clean
+  ``stop()`` first waits (within its timeout, while connected) for the queued
+  events to be acknowledged, then publishes ``offline`` and disconnects.
+- other topics: retained messages are latest-value like state; the rest are
+  queued like events (at their own QoS).
+- Home Assistant discovery configs when ``mqtt.homeassistant`` is on (see
+  ``edge.homeassistant``), before ``online``; re-sent when HA announces itself.
 
 Delivery is AT-LEAST-ONCE: an event whose acknowledgement was lost with the
 connection (or whose ack had not been recorded on disk when the daemon died)
@@ -177,6 +182,8 @@ def describe_exception(exc: BaseException | None, settings: MqttSettings) -> str
         return f"no answer from MQTT broker {where}; check mqtt.host, mqtt.port and any firewall between"
     if isinstance(exc, OSError):
         return f"cannot connect to MQTT broker {where} ({exc.strerror or exc}); check mqtt.host and mqtt.port"
+    if exc is None:
+        return f"cannot connect to MQTT broker {where}; check mqtt.host and mqtt.port"
     return f"cannot connect to MQTT broker {where} ({exc!r})"
 
 
@@ -309,7 +316,6 @@ class MqttSink:
         self._ha_announce = False
         self._ha_cleared = False
         self._stopping = False
-        self._sender_done = False
         self._dropped = 0
         self._dropped_logged = 0
         self._drop_logged_at = 0.0
@@ -335,9 +341,10 @@ class MqttSink:
         if self._client is not None:
             return
         client = make_client(self.settings, self.client_id)
+        self._stopping = False  # a stopped sink may be started again
         if self.settings.persist:
             self._open_journal()
-            if self._envelope is not None and getattr(self._envelope, "_state_file", None) is None:
+            if self._envelope is not None and self._envelope.state_file is None:
                 log.warning(
                     "mqtt.persist is on but the message envelope keeps no sequence file; "
                     "seq numbers restart at 1 after a restart while old events are still queued"
@@ -365,6 +372,8 @@ class MqttSink:
 
     def publish(self, message: Message) -> None:
         """Queue ``message``; never blocks on the network or on disk."""
+        if message.topic == AVAILABILITY:
+            return  # this sink owns availability (online on connect, will and stop say offline)
         payload = encode_payload(message.payload)
         with self._cond:
             if message.topic == EVENTS or not (message.retain or message.topic in LATEST_VALUE_TOPICS):
@@ -381,6 +390,10 @@ class MqttSink:
             self._cond.notify_all()
 
     def status(self) -> Mapping[str, Any]:
+        """connected, broker ("host:port"), queued (events not acknowledged yet), delivered (events
+        acknowledged), dropped_events, reconnects, failed_attempts, last_error (the latest connection
+        problem as a sentence, kept after recovery; None if there was none),
+        persist, persist_error."""
         with self._cond:
             queued = len(self._pending) + sum(1 for f in self._inflight.values() if f.event is not None)
             return {
@@ -408,7 +421,7 @@ class MqttSink:
         deadline = time.monotonic() + max(0.0, timeout)
         with self._cond:
             self._cond.notify_all()
-            while self._connected and self._events_left() and time.monotonic() < deadline:
+            while self._connected and self._undelivered() and time.monotonic() < deadline:
                 self._cond.wait(min(0.1, max(0.0, deadline - time.monotonic())))
             self._stopping = True
             self._cond.notify_all()
@@ -456,6 +469,10 @@ class MqttSink:
 
     def _events_left(self) -> int:
         return len(self._pending) + sum(1 for f in self._inflight.values() if f.event is not None)
+
+    def _undelivered(self) -> bool:
+        # Called with the lock held: events unacknowledged, or a state/stats value not sent yet.
+        return bool(self._events_left()) or any(self._latest_sent.get(t) != v for t, (_, v) in self._latest.items())
 
     def _enforce_bound(self) -> None:
         # Called with the lock held.
@@ -590,8 +607,6 @@ class MqttSink:
                     self._send_due()
         except Exception:
             log.exception("MQTT: sender thread failed; messages are no longer sent")
-        finally:
-            self._sender_done = True
 
     def _work_ready(self) -> bool:
         # Called with the lock held.

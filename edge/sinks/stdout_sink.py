@@ -27,6 +27,7 @@ import os
 import queue
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
@@ -36,6 +37,7 @@ from edge.sinks.wire import to_json
 log = logging.getLogger(__name__)
 
 _STOP = object()
+_DROP_LOG_INTERVAL_S = 60.0
 
 
 class StdoutSink:
@@ -51,10 +53,12 @@ class StdoutSink:
     ) -> None:
         self._stream = stream
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
-        self._on_broken_pipe = on_broken_pipe
+        self.on_broken_pipe = on_broken_pipe
         self._thread: threading.Thread | None = None
         self._written = 0
         self._dropped = 0
+        self._dropped_logged = 0
+        self._drop_logged_at = 0.0
         self._closed = False  # the reader went away; later messages are discarded
 
     @staticmethod
@@ -74,9 +78,7 @@ class StdoutSink:
         try:
             self._queue.put_nowait(message)
         except queue.Full:
-            self._dropped += 1
-            if self._dropped == 1 or self._dropped % 1000 == 0:
-                log.warning("standard output is not keeping up; %d messages dropped so far", self._dropped)
+            self._dropped += 1  # logged by the writer thread: logging here would be I/O on the caller's thread
 
     def status(self) -> Mapping[str, Any]:
         return {"written": self._written, "dropped": self._dropped, "queued": self._queue.qsize(), "closed": self._closed}
@@ -109,8 +111,18 @@ class StdoutSink:
             lines = [self.format(m) for m in batch if m is not _STOP]
             if lines and not self._closed:
                 self._write(lines)
+            self._log_drops()
             if stop:
                 return
+
+    def _log_drops(self) -> None:
+        now = time.monotonic()
+        if self._dropped != self._dropped_logged and not self._closed and (
+            self._dropped_logged == 0 or now - self._drop_logged_at >= _DROP_LOG_INTERVAL_S
+        ):
+            log.warning("standard output is not keeping up; %d messages dropped so far", self._dropped)
+            self._dropped_logged = self._dropped
+            self._drop_logged_at = now
 
     def _write(self, lines: list[str]) -> None:
         out = self._out()
@@ -139,8 +151,8 @@ class StdoutSink:
                 os.close(devnull)
             except (OSError, ValueError):
                 pass
-        if self._on_broken_pipe is not None:
+        if self.on_broken_pipe is not None:
             try:
-                self._on_broken_pipe()
+                self.on_broken_pipe()
             except Exception:  # a faulty hook must not kill the writer thread silently
                 log.exception("on_broken_pipe hook failed")
