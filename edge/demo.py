@@ -33,7 +33,9 @@ def load_face_image() -> np.ndarray:
     try:
         data = resources.files("edge.assets").joinpath(FACE_ASSET).read_bytes()
     except (FileNotFoundError, OSError) as exc:
-        raise RuntimeError(f"demo face image edge/assets/{FACE_ASSET} is missing ({exc}); reinstall the deepfer package") from None
+        raise RuntimeError(
+            f"demo face image edge/assets/{FACE_ASSET} is missing ({exc}); reinstall the deepfer package"
+        ) from None
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise RuntimeError(f"demo face image edge/assets/{FACE_ASSET} cannot be decoded; reinstall the deepfer package")
@@ -92,7 +94,9 @@ class DemoClip:
         """The face in frame ``i``, as the Haar cascade would box it."""
         left, top, scale = self.placement(i)
         f = FACE_IN_ASSET
-        return Box(int(round(left + f.x * scale)), int(round(top + f.y * scale)), int(round(f.w * scale)), int(round(f.h * scale)))
+        return Box(
+            int(round(left + f.x * scale)), int(round(top + f.y * scale)), int(round(f.w * scale)), int(round(f.h * scale))
+        )
 
     def frame(self, i: int) -> np.ndarray:
         left, top, scale = self.placement(i)

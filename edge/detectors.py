@@ -130,7 +130,9 @@ class YuNetDetector:
             raise MissingExtra(f"OpenCV {cv2.__version__} has no FaceDetectorYN; install `opencv-python-headless>=4.8,<5`")
         self._input_size = (320, 320)
         try:
-            self._net = cv2.FaceDetectorYN.create(str(model), "", self._input_size, settings.score_threshold, YUNET_NMS, YUNET_TOP_K)
+            self._net = cv2.FaceDetectorYN.create(
+                str(model), "", self._input_size, settings.score_threshold, YUNET_NMS, YUNET_TOP_K
+            )
         except cv2.error as exc:
             raise ConfigError(f"detector.model: {model} cannot be loaded as a YuNet ONNX model ({exc.err}); "
                               f"use {YUNET_FILE} from OpenCV Zoo ({YUNET_URL})") from None

@@ -122,7 +122,8 @@ def test_boxes_map_back_from_the_downscaled_image(kind: str) -> None:
 def test_haar_uses_frame_gray_and_its_scale() -> None:
     image = cv2.imread(str(face_file("pyfeat/single_face.jpg")))
     # What a CSI source hands over: a half-size Y plane beside the full BGR image.
-    gray = cv2.resize(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), (image.shape[1] // 2, image.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    half = (image.shape[1] // 2, image.shape[0] // 2)
+    gray = cv2.resize(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), half, interpolation=cv2.INTER_AREA)
     scale = image.shape[1] / gray.shape[1]
     detector = create_detector(DetectorSettings(detect_width=image.shape[1]))
     from_gray = detector.detect(frame_of(image, gray=gray, gray_scale=scale))

@@ -84,6 +84,16 @@ def test_parse_source_forms(spec: str, expected: tuple[str, str]) -> None:
     assert parse_source(spec) == expected
 
 
+@pytest.mark.parametrize(
+    ("spec", "cls", "is_live"),
+    [("demo", DemoSource, False), ("csi", PiCameraSource, True), ("usb:0", V4L2Source, True), ("rtsp://h/x", StreamSource, True)],
+)
+def test_every_kind_is_a_frame_source(spec: str, cls: type, is_live: bool) -> None:
+    source = open_source(CameraSettings(source=spec))  # built, not opened: no device is touched
+    assert isinstance(source, cls) and isinstance(source, FrameSource)
+    assert source.live is is_live and source.dropped == 0
+
+
 def test_parse_source_paths(tmp_path: Path) -> None:
     video = tmp_path / "clip.MKV"
     video.write_bytes(b"x")
@@ -426,6 +436,21 @@ def test_live_reopens_a_vanished_camera_with_backoff(caplog: pytest.LogCaptureFi
     assert any("back after 4 attempt" in r.getMessage() for r in caplog.records)
 
 
+def test_live_camera_that_opens_but_never_delivers_keeps_backing_off(caplog: pytest.LogCaptureFixture) -> None:
+    class DeadCamera:
+        def read(self) -> Grab | None:
+            return None
+
+        def release(self) -> None:
+            pass
+
+    with caplog.at_level(logging.WARNING, logger="edge.sources.live"):
+        with live(DeadCamera, backoff_s=0.01, backoff_max_s=0.04) as source:
+            wait_until(lambda: source.reopens >= 4, "four reopens")
+    delays = [r.getMessage().rsplit(" in ", 1)[1] for r in caplog.records if "stopped delivering" in r.getMessage()]
+    assert delays[:4] == ["0.01 s", "0.02 s", "0.04 s", "0.04 s"]  # doubling, capped, never reset by a mere open
+
+
 def test_live_skips_and_counts_odd_frames() -> None:
     class OddCamera:
         def __init__(self) -> None:
@@ -437,13 +462,14 @@ def test_live_skips_and_counts_odd_frames() -> None:
                 np.full((8, 8, 3), 9 * 257, np.uint16),
             ]
             self.done = threading.Event()
+            self.closing = threading.Event()
 
         def read(self) -> Grab | None:
             if self.items:
                 return Grab(self.items.pop(0))
-            self.done.set()
-            time.sleep(0.01)
-            return Grab(np.zeros((0, 0), np.uint8))  # keeps "delivering" nothing usable, without failing
+            self.done.set()  # everything delivered; now a camera with nothing new to say
+            self.closing.wait(WAIT)
+            return None
 
         def release(self) -> None:
             pass
@@ -454,9 +480,11 @@ def test_live_skips_and_counts_odd_frames() -> None:
         camera.done.wait(WAIT)
         while (frame := source.read(0.05)) is not None:
             received.append(frame)
-        # Whatever was overwritten counts as dropped; every odd frame counts as skipped.
-        assert source.skipped >= 2 and source.skipped + source.dropped + len(received) == source.grabbed
+        assert source.grabbed == 5 and source.skipped == 2
+        assert len(received) + source.dropped == 3  # the gray, BGRA and 16-bit frames, read or overwritten
+        camera.closing.set()
     assert received and all(f.image.ndim == 3 and f.image.shape[2] == 3 and f.image.dtype == np.uint8 for f in received)
+    assert received[-1].index == 4 and received[-1].image[0, 0].tolist() == [9, 9, 9]
 
 
 def test_live_read_errors_count_as_failures_and_never_escape() -> None:
@@ -656,7 +684,12 @@ def test_csi_camera_missing_is_a_source_error(fake_picamera2) -> None:
 
 @pytest.mark.parametrize(
     ("size", "lores_width", "expected"),
-    [((640, 480), 320, (320, 240)), ((1920, 1080), 320, (320, 180)), ((1280, 720), 300, (300, 168)), ((320, 240), 640, (320, 240))],
+    [
+        ((640, 480), 320, (320, 240)),
+        ((1920, 1080), 320, (320, 180)),
+        ((1280, 720), 300, (300, 168)),
+        ((320, 240), 640, (320, 240)),
+    ],
 )
 def test_lores_size_keeps_aspect_and_even_dimensions(size, lores_width, expected) -> None:
     assert lores_size(size[0], size[1], lores_width) == expected

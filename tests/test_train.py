@@ -293,10 +293,12 @@ def test_bad_recipe_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def test_missing_data_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("tensorflow")
     rc = main(["fit", "--data", str(tmp_path / "none.npz"), "--out", str(tmp_path / "run"), "--verbose", "0"])
     assert rc == 1
-    assert capsys.readouterr().err.strip().splitlines()[-1] == f"deepfer-train fit: {tmp_path / 'none.npz'}: no such file or folder"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"deepfer-train fit: --data {tmp_path / 'none.npz'}: no such file or folder"
+    assert not (tmp_path / "run").exists()
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "b"), "--name", "x"]) == 1
+    assert "not a run folder or a .keras model" in capsys.readouterr().err
 
 
 def test_metrics_by_hand() -> None:
@@ -353,3 +355,56 @@ def test_spanning_calibration_reaches_0_and_255() -> None:
     full = faces.copy()
     full[0, 0, 0, 0], full[1, 0, 0, 0] = 0, 255
     assert spanning_calibration(full) is full
+
+
+FAKE_COMPILER = """#!/bin/sh
+# Stands in for Coral's edgetpu_compiler (x86-64 Debian only, not installable here):
+# same arguments (-s -o OUTDIR MODEL), same output file name and summary line.
+[ "$1" = "-s" ] && [ "$2" = "-o" ] || { echo "bad args: $*" >&2; exit 2; }
+[ -n "$FAIL" ] && { echo "Model not quantized" >&2; exit 1; }
+name=$(basename "$4" .tflite)
+cp "$4" "$3/${name}_edgetpu.tflite"
+echo "Number of operations that will run on Edge TPU: 42"
+"""
+
+
+def test_edgetpu_compiler_when_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    from train.export import compile_edgetpu
+
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"TFL3 not a real model")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with caplog.at_level("INFO", logger="train.export"):
+        assert compile_edgetpu(model) == {"compiled": False, "reason": "edgetpu_compiler not on PATH"}
+    assert "sudo apt install edgetpu-compiler" in caplog.text and "m_edgetpu.tflite" in caplog.text
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "edgetpu_compiler").write_text(FAKE_COMPILER)
+    (bin_dir / "edgetpu_compiler").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    assert compile_edgetpu(model) == {"compiled": True, "file": "m_edgetpu.tflite", "ops_on_tpu": 42}
+    assert (tmp_path / "m_edgetpu.tflite").read_bytes() == model.read_bytes()
+    (tmp_path / "m_edgetpu.tflite").unlink()
+    monkeypatch.setenv("FAIL", "1")
+    with caplog.at_level("WARNING", logger="train.export"):
+        assert compile_edgetpu(model) == {"compiled": False, "reason": "exit 1"}
+    assert "Model not quantized" in caplog.text
+
+
+@pytest.mark.train
+def test_float_ops_are_found_in_a_float_model(tmp_path: Path) -> None:
+    pytest.importorskip("tensorflow")
+    import keras
+    from keras import layers
+
+    from train.export import ExportError, check_integer_only, convert, float_ops
+
+    inp = keras.Input((16, 16, 1))
+    x = layers.Conv2D(4, 3, strides=2)(layers.Rescaling(1 / 127.5, offset=-1.0)(inp))
+    model = keras.Model(inp, layers.Dense(len(EMOTIONS), activation="softmax")(layers.GlobalAveragePooling2D()(x)))
+    path = tmp_path / "float.tflite"
+    path.write_bytes(convert(model, None, int8=False))
+    assert any(op.startswith("CONV_2D") for op in float_ops(path))
+    with pytest.raises(ExportError, match=r"op\(s\) still compute in float \(.*CONV_2D"):
+        check_integer_only(path)

@@ -48,41 +48,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("fit", help="train a model into a run folder (resumable)",
                        description="Train into --out. Settings: defaults < --recipe TOML < flags; saved as RUN/recipe.json.")
-    f.add_argument("--data", help="training data: Kaggle fer2013 .csv, .npz (x, y) or a folder per class")
-    f.add_argument("--val-data", help="validation data (default: the CSV's PublicTest split, else a held-out share of --data)")
-    f.add_argument("--out", required=True, type=Path, help="run folder (recipe, checkpoints, history, models)")
+    f.add_argument("--data", metavar="PATH", help="training data: Kaggle fer2013 .csv, .npz (x, y) or a folder per class")
+    f.add_argument("--val-data", metavar="PATH", help="validation data (default: the CSV's PublicTest split, else a held-out share of --data)")
+    f.add_argument("--out", required=True, type=Path, metavar="RUN", help="run folder (recipe, checkpoints, history, models)")
     f.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
-    f.add_argument("--recipe", type=Path, help="TOML file of recipe settings (keys as in recipe.json)")
-    f.add_argument("--epochs", type=_positive_int)
+    f.add_argument("--recipe", type=Path, metavar="TOML", help="TOML file of recipe settings (keys as in recipe.json)")
+    f.add_argument("--epochs", type=_positive_int, metavar="N")
     f.add_argument("--arch", choices=ARCHS)
-    f.add_argument("--width", type=_positive_float, help="width multiplier (channels x W)")
-    f.add_argument("--weights", help="backbone weights for keras.applications archs: none, imagenet or a .h5/.weights.h5 path")
-    f.add_argument("--batch-size", type=_positive_int)
-    f.add_argument("--lr", type=_positive_float, help="peak learning rate")
-    f.add_argument("--limit", type=int, help="use at most N training faces (0 = all; for smoke runs)")
-    f.add_argument("--seed", type=int)
+    f.add_argument("--width", type=_positive_float, metavar="W", help="width multiplier (channels x W)")
+    f.add_argument("--weights", metavar="none|imagenet|PATH", help="backbone weights for keras.applications archs: none, imagenet or a .h5/.weights.h5 path")
+    f.add_argument("--batch-size", type=_positive_int, metavar="N")
+    f.add_argument("--lr", type=_positive_float, metavar="LR", help="peak learning rate")
+    f.add_argument("--limit", type=int, metavar="N", help="use at most N training faces (0 = all; for smoke runs)")
+    f.add_argument("--seed", type=int, metavar="N")
     f.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                    help="Keras output: 0 none, 1 progress bar, 2 one line per epoch (default 1)")
 
     e = sub.add_parser("evaluate", help="metrics of a .keras model or a .tflite bundle on a labelled split")
     e.add_argument("model", type=Path, help="a .keras model or a bundle's .tflite (its .json beside it)")
-    e.add_argument("--data", required=True, help="labelled data (.csv, .npz or folder)")
+    e.add_argument("--data", required=True, metavar="PATH", help="labelled data (.csv, .npz or folder)")
     e.add_argument("--split", default="val", help="split of a CSV or split folder: train, val or test (default val)")
-    e.add_argument("--out", type=Path, help="write metrics.json, plots and model_card.md here")
+    e.add_argument("--out", type=Path, metavar="DIR", help="write metrics.json, plots and model_card.md here")
 
     x = sub.add_parser("export", help="convert a run's model into NAME.tflite + NAME.json for the daemon")
     x.add_argument("run", type=Path, help="run folder (uses best.keras, else model.keras) or a .keras file")
-    x.add_argument("--out", required=True, type=Path, help="folder for the bundle (e.g. edge/models)")
+    x.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the bundle (e.g. edge/models)")
     x.add_argument("--name", required=True, help="bundle name, e.g. deepfer_fernet_int8")
     x.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
                    help="full-integer model with uint8 input/output (default); --no-int8 writes a float32 model")
-    x.add_argument("--calibration", type=_positive_int, default=500, help="training faces used to calibrate int8 ranges (default 500)")
-    x.add_argument("--data", help="training data for calibration (default: the run's recipe)")
-    x.add_argument("--val-data", help="validation data to compare float and int8 (default: the run's recipe)")
+    x.add_argument("--calibration", type=_positive_int, default=500, metavar="N", help="training faces used to calibrate int8 ranges (default 500)")
+    x.add_argument("--data", metavar="PATH", help="training data for calibration (default: the run's recipe)")
+    x.add_argument("--val-data", metavar="PATH", help="validation data to compare float and int8 (default: the run's recipe)")
     x.add_argument("--version", help="bundle version (default: today's date, YYYY.MM.DD)")
-    x.add_argument("--max-int8-drop", type=float, default=1.0,
+    x.add_argument("--max-int8-drop", type=float, default=1.0, metavar="POINTS",
                    help="fail when int8 top-1 is more than this many points below float (default 1.0)")
-    x.add_argument("--latency-runs", type=int, default=300, help="invokes for the latency median (0 = skip)")
+    x.add_argument("--latency-runs", type=int, default=300, metavar="N", help="invokes for the latency median (0 = skip)")
     return p
 
 
@@ -156,6 +156,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
         recipe = Recipe()
     else:
         recipe = recipe_from_args(args)
+        from train.data import DataError
+
+        # Fail before TensorFlow starts (seconds) rather than after.
+        for flag, path in (("--data", recipe.data), ("--val-data", recipe.val_data)):
+            if path and not Path(path).exists():
+                raise DataError(f"{flag} {path}: no such file or folder")
     best = fit(recipe, args.out, resume=args.resume, verbose=args.verbose)
     log.info("best model: %s", best)
     print(best)

@@ -195,12 +195,13 @@ FLOAT_TYPES = ("float32", "float16", "float64", "bfloat16")
 
 def float_ops(tflite: Path) -> list[str]:
     """Ops of a TFLite model that take or produce floating-point tensors (empty = integer-only)."""
-    from ai_edge_litert import interpreter as litert
+    from edge.classifier import _interpreter_module
 
-    interp = litert.Interpreter(
-        model_path=str(tflite),
-        experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-    )
+    module, _ = _interpreter_module()
+    # Without the default XNNPACK delegate, or the op list shows one opaque DELEGATE op.
+    resolver = getattr(getattr(module, "OpResolverType", None), "BUILTIN_WITHOUT_DEFAULT_DELEGATES", None)
+    kwargs = {"experimental_op_resolver_type": resolver} if resolver is not None else {}
+    interp = module.Interpreter(model_path=str(tflite), **kwargs)
     interp.allocate_tensors()
     bad = []
     for op in interp._get_ops_details():  # noqa: SLF001 - the only per-op type listing the runtime offers

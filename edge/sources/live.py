@@ -92,9 +92,11 @@ class LiveCapture:
         if self._thread is not None:
             return
         camera = self._open_first()
-        self._stop.clear()
+        # A fresh event per run: a capture thread from an earlier open() that is still stuck in a driver
+        # call must not be revived by this one.
+        self._stop = threading.Event()
         self._connected = True
-        self._thread = threading.Thread(target=self._run, args=(camera,), name=f"capture {self.name}", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(camera, self._stop), name=f"capture {self.name}", daemon=True)
         self._thread.start()
 
     def read(self, timeout: float) -> Frame | None:
@@ -165,54 +167,57 @@ class LiveCapture:
             message = f"cannot open {self.name}: {exc}"
             raise SourceError(f"{message}; {self._hint}" if self._hint else message) from exc
 
-    def _run(self, camera: Camera | None) -> None:
+    def _run(self, camera: Camera | None, stop: threading.Event) -> None:
         failures = 0
+        delay = self._backoff_s
         try:
-            while not self._stop.is_set():
+            while not stop.is_set():
                 if camera is None:
-                    camera = self._reopen()
+                    camera, delay = self._reopen(stop, delay)
                     continue
                 try:
                     grab = camera.read()
                 except Exception as exc:  # a driver error is a failed read, never the end of the daemon
                     log.debug("%s: read raised %r", self.name, exc)
                     grab = None
-                if self._stop.is_set():
+                if stop.is_set():
                     break
                 if grab is None:
                     failures += 1
                     if failures >= self._max_read_failures:
-                        log.warning("%s: camera stopped delivering frames; reopening it", self.name)
+                        log.warning("%s: camera stopped delivering frames; reopening it in %.2f s", self.name, delay)
                         self._connected = False
                         _release(camera, self.name)
                         camera = None
                         failures = 0
                     continue
                 failures = 0
+                # Only a delivered frame proves the camera works: one that opens and then fails keeps backing off.
+                delay = self._backoff_s
                 self._deliver(grab)
         finally:
             if camera is not None:
                 _release(camera, self.name)
 
-    def _reopen(self) -> Camera | None:
-        delay = self._backoff_s
+    def _reopen(self, stop: threading.Event, delay: float) -> tuple[Camera | None, float]:
+        """Wait ``delay``, try to open, double the delay after each failure; returns the camera and the next delay."""
         attempt = 0
-        while not self._stop.wait(delay):
+        while not stop.wait(delay):
             attempt += 1
+            delay = min(delay * 2.0, self._backoff_max_s)
             try:
                 camera = self._opener()
             except Exception as exc:
-                delay = min(delay * 2.0, self._backoff_max_s)
                 log.warning("%s: reopen attempt %d failed (%s); next attempt in %.2f s", self.name, attempt, exc, delay)
                 continue
-            if self._stop.is_set():
+            if stop.is_set():
                 _release(camera, self.name)
-                return None
+                break
             self._reopens += 1
             self._connected = True
             log.info("%s: camera is back after %d attempt(s)", self.name, attempt)
-            return camera
-        return None
+            return camera, delay
+        return None, delay
 
     def _deliver(self, grab: Grab) -> None:
         index = self._grabbed
@@ -221,8 +226,10 @@ class LiveCapture:
         if image is None:
             self._skipped += 1
             if not self._warned_odd:
+                shape = getattr(grab.image, "shape", None)
+                dtype = getattr(grab.image, "dtype", type(grab.image).__name__)
                 log.warning("%s: skipping a frame with unusable shape %s / %s (further ones are only counted)",
-                            self.name, getattr(grab.image, "shape", None), getattr(grab.image, "dtype", type(grab.image).__name__))
+                            self.name, shape, dtype)
                 self._warned_odd = True
             return
         gray, gray_scale = grab.gray, grab.gray_scale

@@ -59,7 +59,8 @@ def open_v4l2(device: int | str, width: int, height: int, fps: float) -> CvCamer
             raise SourceError(f"{label}: {path} does not exist; {V4L2_HINT}")
         if not os.access(path, os.R_OK | os.W_OK):
             raise SourceError(f"{label}: no permission to open {path}; add the user to group `video` "
-                              "(`sudo usermod -aG video $USER`, then log in again) or run the service with SupplementaryGroups=video")
+                              "(`sudo usermod -aG video $USER`, then log in again) "
+                              "or run the service with SupplementaryGroups=video")
     api = cv2.CAP_V4L2 if sys.platform.startswith("linux") else cv2.CAP_ANY
     cap = cv2.VideoCapture(device, api)
     if not cap.isOpened():
