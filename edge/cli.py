@@ -183,7 +183,10 @@ def run(settings: EdgeSettings, max_frames: int = 0) -> int:
     from edge.notify import SystemdNotifier
 
     # systemd's watchdog kills with SIGABRT: the journal then shows where every thread hung.
-    faulthandler.enable()
+    try:
+        faulthandler.enable()
+    except (AttributeError, ValueError, OSError):  # stderr without a file descriptor (embedded, captured)
+        log.debug("faulthandler not enabled: stderr has no file descriptor")
 
     if not settings.stdout.enabled and not settings.mqtt.enabled:
         log.warning("no output enabled: pass --stdout and/or --mqtt-host (or set them in the config); events go nowhere")

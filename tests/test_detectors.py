@@ -141,7 +141,10 @@ def test_min_face_drops_smaller_faces(kind: str) -> None:
     (box,) = detect_boxes(DetectorSettings(kind=kind, model=model), image)
     size = int((box.w * box.h) ** 0.5)
     assert detect_boxes(DetectorSettings(kind=kind, model=model, min_face=size - 20), image)
-    assert detect_boxes(DetectorSettings(kind=kind, model=model, min_face=size + 40), image) == []
+    # A coarse pyramid may still find the same face at a larger scale; what comes back must be big enough.
+    larger = detect_boxes(DetectorSettings(kind=kind, model=model, min_face=size + 40), image)
+    assert all((b.w * b.h) ** 0.5 >= size + 40 for b in larger)
+    assert detect_boxes(DetectorSettings(kind=kind, model=model, min_face=max(image.shape[:2])), image) == []
 
 
 def test_yunet_without_model_names_the_setting_and_where_to_get_it() -> None:

@@ -113,6 +113,8 @@ def augmentation(recipe: Recipe):
         steps.append(layers.RandomBrightness(recipe.brightness, value_range=(0, 255), seed=recipe.seed + 4))
     if recipe.contrast:
         steps.append(layers.RandomContrast(recipe.contrast, value_range=(0, 255), seed=recipe.seed + 5))
+    if not steps:
+        return layers.Identity(name="augment")
     return keras.Sequential(steps, name="augment")
 
 
@@ -184,6 +186,16 @@ def _compile(model, recipe: Recipe, lr: float, epochs: int, steps_per_epoch: int
     )
 
 
+def _best_so_far(history: Path) -> float | None:
+    if not history.exists():
+        return None
+    import csv
+
+    with history.open() as fh:
+        values = [float(r["val_accuracy"]) for r in csv.DictReader(fh) if r.get("val_accuracy")]
+    return max(values) if values else None
+
+
 class EpochSummary:
     """One readable line per epoch in the log, beside Keras' own progress bar."""
 
@@ -209,7 +221,11 @@ def _run_stage(model, recipe: Recipe, run: Path, stage: str, epochs: int, lr: fl
     _compile(model, recipe, lr, epochs, steps)
     callbacks = [
         keras.callbacks.BackupAndRestore(str(run / "backup" / stage), delete_checkpoint=False),
-        keras.callbacks.ModelCheckpoint(str(run / "best.keras"), monitor="val_accuracy", mode="max", save_best_only=True),
+        keras.callbacks.ModelCheckpoint(
+            str(run / "best.keras"), monitor="val_accuracy", mode="max", save_best_only=True,
+            # After --resume, a worse epoch must not replace the best model saved before the interruption.
+            initial_value_threshold=_best_so_far(run / "history.csv"),
+        ),
         keras.callbacks.CSVLogger(str(run / "history.csv"), append=True),
         EpochSummary(stage),
     ]
