@@ -92,10 +92,9 @@ class TFLiteClassifier:
         self._out_scale, self._out_zero = out["quantization"]
         self._out_dtype = np.dtype(out["dtype"])
         expected = (1, bundle.input_size, bundle.input_size, bundle.channels)
-        if tuple(inp["shape"]) != expected:
-            raise BundleError(
-                f"model {model_path} takes input {tuple(inp['shape'])} but its .json says {expected}; re-export the bundle"
-            )
+        actual = tuple(int(v) for v in inp["shape"])
+        if actual != expected:
+            raise BundleError(f"model {model_path} takes input {actual} but its .json says {expected}; re-export the bundle")
         n_out = int(out["shape"][-1])
         if n_out != len(bundle.labels):
             raise BundleError(

@@ -139,3 +139,39 @@ def test_check_reports_each_part(tmp_path):
     assert p.returncode == 1
     assert not results["camera"]["ok"] and "nope.mp4" in results["camera"]["detail"]
     assert not results["broker"]["ok"] and "127.0.0.1:1" in results["broker"]["detail"]
+
+
+@needs_clip
+def test_systemd_notify_ready_watchdog_status_stopping(tmp_path):
+    import socket
+
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(30)
+    env = clean_env() | {"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "1000000"}
+    p = subprocess.Popen([sys.executable, "-m", "edge.cli", "--camera", str(CLIP), "--loop"], cwd=ROOT, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    got: list[str] = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (
+            "READY=1" in got and got.count("WATCHDOG=1") >= 2 and any(m.startswith("STATUS=") and "fps" in m for m in got)
+        ):
+            got += sock.recv(4096).decode().split("\n")
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=60)
+        sock.settimeout(2)
+        try:
+            while "STOPPING=1" not in got:
+                got += sock.recv(4096).decode().split("\n")
+        except TimeoutError:
+            pass
+    finally:
+        p.kill()
+        sock.close()
+    assert p.returncode == 0, err
+    assert got.index("READY=1") < got.index("WATCHDOG=1")  # ready only once camera, model and sinks are up
+    assert got.count("WATCHDOG=1") >= 2
+    assert any(m.startswith("STATUS=") and "fps" in m and "face" in m for m in got), got
+    assert "STOPPING=1" in got
