@@ -56,7 +56,7 @@ def build(settings: EdgeSettings, sinks: list[EventSink] | None = None) -> Compo
     tracker = Tracker(settings.tracker, bundle.labels)
     pipeline = Pipeline(
         source, detector, classifier, tracker, aggregator, sinks,
-        detect_every=settings.detector.every_n_frames, min_face=settings.detector.min_face,
+        detect_every=settings.detector.every_n_frames,
     )
     aggregator.status_provider = pipeline.sink_status
     if len(sinks) == 1 and hasattr(sinks[0], "on_broken_pipe"):

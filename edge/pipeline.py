@@ -34,7 +34,6 @@ class Pipeline:
         aggregator: Aggregator,
         sinks: Sequence[EventSink],
         detect_every: int = 1,
-        min_face: int = 0,
         heartbeat: Callable[[Mapping[str, Any]], None] | None = None,
     ) -> None:
         self.source = source
@@ -44,7 +43,6 @@ class Pipeline:
         self.aggregator = aggregator
         self.sinks = list(sinks)
         self.detect_every = max(1, detect_every)
-        self.min_face = min_face
         self.heartbeat = heartbeat  # watchdog + status line, called from this loop so a stuck loop is noticed
         self.stop_event = threading.Event()
         self.processed = 0
@@ -70,6 +68,11 @@ class Pipeline:
             "sinks": self.sink_status(),
         }
 
+    def _classify(self, gray: np.ndarray, boxes: list[Box]) -> np.ndarray:
+        if not boxes:
+            return np.empty((0, len(self.tracker.labels)), np.float32)
+        return self.classifier.classify(gray, boxes)
+
     def process(self, frame: Frame) -> None:
         """Run one frame through detection, classification, tracking and aggregation."""
         times = self.aggregator.times
@@ -82,14 +85,19 @@ class Pipeline:
         if frame.gray is None:
             # Detection reuses this conversion instead of making its own.
             frame = dataclasses.replace(frame, gray=gray, gray_scale=1.0)
-        if self.processed % self.detect_every == 0 or not self.tracker.tracks:
-            boxes = [d.box for d in self.detector.detect(frame) if min(d.box.w, d.box.h) >= self.min_face]
+        carried = self.tracker.carried()
+        if self.processed % self.detect_every == 0 or not carried:
+            boxes = [d.box for d in self.detector.detect(frame)]
+            t1 = time.monotonic()
+            scores = self._classify(gray, boxes)
+            t2 = time.monotonic()
+            events = self.tracker.update(boxes, scores, t2)
         else:
-            boxes = self.tracker.boxes()
-        t1 = time.monotonic()
-        scores = self.classifier.classify(gray, boxes) if boxes else np.empty((0, len(self.tracker.labels)), np.float32)
-        t2 = time.monotonic()
-        events = self.tracker.update(boxes, scores, t2)
+            boxes = [t.box for t in carried]
+            t1 = time.monotonic()
+            scores = self._classify(gray, boxes)
+            t2 = time.monotonic()
+            events = self.tracker.carry(carried, scores, t2)
         self.processed += 1
         if boxes:
             self.frames_with_faces += 1

@@ -60,7 +60,7 @@ class ClassifierSettings(Section):
 
 class TrackerSettings(Section):
     iou_threshold: float = Field(0.3, gt=0, lt=1, description="Minimum box overlap (IoU) to continue a track.")
-    max_missed: int = Field(10, ge=0, description="Frames a track survives without a matching face before it ends.")
+    max_missed: int = Field(10, ge=0, description="Detection passes a track survives without a matching face before it ends.")
     smoothing: float = Field(0.3, gt=0, le=1, description="Weight of the newest scores in the per-track exponential moving average.")
     hysteresis: float = Field(0.1, ge=0, lt=1, description="A new emotion must lead the current one by this much (smoothed score).")
     min_frames: int = Field(3, ge=1, description="Frames a new emotion must lead before the track's emotion changes.")

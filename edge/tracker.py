@@ -102,6 +102,23 @@ class Tracker:
                 events.append(self._start(box, scores[bi], now))
         return events
 
+    def carried(self) -> list[Track]:
+        """Tracks whose face the last detection pass saw: classified again at their box until the next pass."""
+        return [t for t in self.tracks if t.missed == 0]
+
+    def carry(self, tracks: Sequence[Track], scores: np.ndarray, now: float) -> list[TrackEvent]:
+        """Feed new scores for ``tracks`` at their current boxes, between detection passes.
+
+        Only detection passes count towards ``max_missed``: a carried box is not
+        evidence that the face is still there.
+        """
+        events = []
+        for track, s in zip(tracks, scores):
+            change = self._advance(track, track.box, s, now)
+            if change is not None:
+                events.append(change)
+        return events
+
     def end_all(self, now: float) -> list[TrackEvent]:
         """End every track (shutdown), so their summaries are not lost."""
         events = [self._end(t, now) for t in self.tracks]

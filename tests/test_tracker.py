@@ -104,3 +104,19 @@ def test_new_face_far_away_starts_new_track_and_end_all():
     ended = tr.end_all(2)
     assert sorted(e.track.track_id for e in ended) == [1, 2] and tr.tracks == []
     assert ended[1].data["dominant"] == "neutral"  # one-frame track: its only emotion
+
+
+def test_carried_boxes_do_not_keep_a_vanished_face_alive():
+    """Between detection passes the pipeline re-classifies tracked boxes; that must not count as seeing the face."""
+    tr = Tracker(TrackerSettings(max_missed=2, smoothing=1.0, min_frames=1), EMOTIONS)
+    box = Box(0, 0, 40, 40)
+    tr.update([box], onehot(HAPPY)[None], 0)
+    carried = tr.carried()
+    assert [t.track_id for t in carried] == [1]
+    ev = tr.carry(carried, onehot(SAD)[None], 1)  # scores still flow between passes
+    assert ev[0].type == "emotion_changed" and tr.tracks[0].box == box
+    ended = []
+    for k in range(3):  # the face is gone: three detection passes find nothing
+        ended += tr.update([], np.empty((0, 7)), 2 + k)
+        assert tr.carried() == []  # nothing is carried once a pass missed the face
+    assert [e.type for e in ended] == ["track_ended"]
