@@ -21,6 +21,8 @@ from edge.settings import EX_CONFIG, ConfigError, EdgeSettings, load_settings
 
 log = logging.getLogger("deepfer.edge")
 
+EX_UNAVAILABLE = 69  # sysexits.h: the camera may come back, so a supervisor should retry
+
 COMMANDS = ("run", "check", "bench", "config", "watch")
 EPILOG = """\
 commands:
@@ -158,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         from edge.watch import watch
 
         return watch(settings, device=args.device, duration=args.duration)
-    from edge.protocols import MissingExtra, SourceError
+    from edge.protocols import CameraUnavailable, MissingExtra, SourceError
     from edge.bundle import BundleError
 
     try:
@@ -171,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
 
             return bench(settings, frames=args.frames, as_json=args.json)
         return run(settings, max_frames=args.max_frames)
+    except CameraUnavailable as exc:
+        log.error("%s", exc)
+        return EX_UNAVAILABLE
     except (BundleError, MissingExtra, SourceError, KeyError) as exc:
         log.error("%s", exc.args[0] if exc.args else exc)
         return EX_CONFIG

@@ -13,7 +13,7 @@ from edge.aggregate import Aggregator
 from edge.bundle import ModelBundle, load_bundle
 from edge.messages import Envelope
 from edge.pipeline import Pipeline
-from edge.protocols import EventSink, FrameSource
+from edge.protocols import CameraUnavailable, EventSink, FrameSource, SourceError
 from edge.settings import EdgeSettings
 from edge.tracker import Tracker
 
@@ -100,7 +100,10 @@ def run(components: Components, notifier: Any = None, max_frames: int = 0) -> in
         for sink in components.sinks:
             sink.start()
             started.append(sink)
-        components.source.open()
+        try:
+            components.source.open()
+        except SourceError as exc:
+            raise CameraUnavailable(str(exc)) from None
         log.info(
             "running: source %s, detector %s, model %s v%s on %s, sinks %s",
             components.source.name, pipeline.detector.name, components.bundle.name, components.bundle.version,

@@ -73,6 +73,14 @@ class SourceError(RuntimeError):
     """The source cannot be opened or read; the message says what to check."""
 
 
+class CameraUnavailable(SourceError):
+    """A well-formed source could not be opened at start (camera unplugged, stream down).
+
+    Unlike a configuration error this may cure itself, so the daemon exits with
+    EX_UNAVAILABLE (69), which systemd's Restart=on-failure retries.
+    """
+
+
 @runtime_checkable
 class FaceDetector(Protocol):
     name: str

@@ -175,3 +175,13 @@ def test_systemd_notify_ready_watchdog_status_stopping(tmp_path):
     assert got.count("WATCHDOG=1") >= 2
     assert any(m.startswith("STATUS=") and "fps" in m and "face" in m for m in got), got
     assert "STOPPING=1" in got
+
+
+def test_camera_missing_at_start_exits_69_config_errors_78(tmp_path):
+    # A camera that cannot be opened may come back (systemd retries 69); a malformed source will not (78).
+    p = daemon("--camera", "/dev/video97", "--stdout")
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 69 and "/dev/video97" in err
+    p = daemon("--camera", "ftp://nowhere", "--stdout")
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 78 and "camera.source" in err
