@@ -59,6 +59,7 @@ def measure(settings: EdgeSettings, frames: int) -> dict[str, Any]:
 
     settings = settings.model_copy(deep=True)
     settings.camera.loop = True  # a short clip is replayed to reach the frame count
+    settings.camera.demo_realtime = False
     comps = daemon.build(settings, sinks=[SerializingSink()])
     pipe, source = comps.pipeline, comps.source
     source.open()

@@ -38,6 +38,7 @@ class CameraSettings(Section):
     reopen_backoff_s: float = Field(1.0, gt=0, description="First delay before reopening a vanished camera; doubles up to reopen_backoff_max_s.")
     reopen_backoff_max_s: float = Field(30.0, gt=0, description="Longest delay between attempts to reopen a camera.")
     demo_frames: int = Field(240, ge=1, description="Frames in the generated demo clip.")
+    demo_realtime: bool = Field(True, description="Play the demo clip at camera.fps like a live camera (false: as fast as processed).")
 
 
 class DetectorSettings(Section):
