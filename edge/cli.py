@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     except CameraUnavailable as exc:
         log.error("%s", exc)
         return EX_UNAVAILABLE
-    except (BundleError, MissingExtra, SourceError, KeyError) as exc:
+    except (ConfigError, BundleError, MissingExtra, SourceError, KeyError) as exc:
         log.error("%s", exc.args[0] if exc.args else exc)
         return EX_CONFIG
 

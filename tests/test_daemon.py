@@ -185,3 +185,14 @@ def test_camera_missing_at_start_exits_69_config_errors_78(tmp_path):
     p = daemon("--camera", "ftp://nowhere", "--stdout")
     _, err = p.communicate(timeout=60)
     assert p.returncode == 78 and "camera.source" in err
+
+
+def test_settings_problems_found_at_start_exit_78(tmp_path):
+    p = daemon("--camera", "demo", "--detector", "yunet", "--stdout")  # no detector.model
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 78 and "detector.model" in err
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(f'[mqtt]\nenabled = true\nport = 1\npassword_file = "{tmp_path / "nope"}"\n')
+    p = daemon("--config", str(cfg), "--camera", "demo")
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 78 and "mqtt.password_file" in err
