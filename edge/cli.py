@@ -142,17 +142,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         settings = load_settings(args.config, overrides_from_args(args))
+        if settings.mqtt.password is None and settings.mqtt.password_file is None:
+            from edge.notify import read_credential
+
+            # systemd's LoadCredential= hands the password over as a file, never on the command line.
+            secret = read_credential("mqtt_password", os.environ)
+            if secret:
+                settings.mqtt.password = SecretStr(secret)
     except ConfigError as exc:
         sys.stderr.write(f"deepfer-edge: {exc}\n")
         return EX_CONFIG
     setup_logging(settings.log_level)
-    if settings.mqtt.password is None and settings.mqtt.password_file is None:
-        from edge.notify import read_credential
-
-        # systemd's LoadCredential= hands the password over as a file, never on the command line.
-        secret = read_credential("mqtt_password", os.environ)
-        if secret:
-            settings.mqtt.password = SecretStr(secret)
     if args.command == "config":
         sys.stdout.write(json.dumps(settings.model_dump(mode="json"), indent=2) + "\n")
         return 0
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     except CameraUnavailable as exc:
         log.error("%s", exc)
         return EX_UNAVAILABLE
-    except (ConfigError, BundleError, MissingExtra, SourceError, KeyError) as exc:
+    except (ConfigError, BundleError, MissingExtra, SourceError) as exc:
         log.error("%s", exc.args[0] if exc.args else exc)
         return EX_CONFIG
 

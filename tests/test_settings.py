@@ -121,3 +121,25 @@ def test_help_needs_no_optional_dependency(argv):
     r = subprocess.run([sys.executable, "-c", BLOCK_OPTIONAL, *argv], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "deepfer-edge" in r.stdout or "camera.source" in r.stdout
+
+
+def test_mqtt_password_from_systemd_credentials(tmp_path, monkeypatch, capsys):
+    (tmp_path / "mqtt_password").write_text("s3cret\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    assert main(["config", "--mqtt-host", "b"]) == 0
+    out = capsys.readouterr().out
+    assert "s3cret" not in out and '"password": "**********"' in out
+    monkeypatch.setenv("DEEPFER_MQTT__PASSWORD", "from-env")  # an explicit setting wins over the credential
+    from edge import cli
+
+    seen = []
+
+    def fake_run(settings, max_frames=0):
+        seen.append(settings.mqtt.password.get_secret_value())
+        return 0
+
+    monkeypatch.setattr(cli, "run", fake_run)
+    cli.main(["--mqtt-host", "b"])
+    monkeypatch.delenv("DEEPFER_MQTT__PASSWORD")
+    cli.main(["--mqtt-host", "b"])
+    assert seen == ["from-env", "s3cret"]
