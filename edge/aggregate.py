@@ -88,13 +88,14 @@ class Aggregator:
         self._dropped_total = dropped
         self._processed_total += 1
         self._w_frames += 1
-        self.faces_now = len(tracks)
+        self.faces_now = 0
         for t in tracks:
-            if t.missed == 0:
+            if t.missed == 0:  # a track kept alive through missed detections is not a face in view
+                self.faces_now += 1
                 self._w_face_frames += 1
                 self._w_emotion_counts[t.emotion] += 1
                 self._w_score_sum += t.scores
-        out = [self._event_message(e) for e in events]
+        out = [self.event_message(e) for e in events]
         out.extend(self.due())
         return out
 
@@ -111,7 +112,7 @@ class Aggregator:
     def flush(self, final_events: Iterable[TrackEvent]) -> list[Message]:
         """Shutdown: the ended tracks, then the partial window and last stats, so nothing is lost."""
         now = self.clock()
-        out = [self._event_message(e) for e in final_events]
+        out = [self.event_message(e) for e in final_events]
         self.faces_now = 0
         out.append(self.state_message(now))
         out.append(self.stats_message(now))
@@ -119,7 +120,7 @@ class Aggregator:
 
     # -- payloads ----------------------------------------------------------------
 
-    def _event_message(self, event: TrackEvent) -> Message:
+    def event_message(self, event: TrackEvent) -> Message:
         t = event.track
         body = {"type": event.type, "track_id": t.track_id, "box": list(map(int, t.box)), **event.data}
         return self.envelope.message("events", body, qos=self.event_qos)

@@ -156,14 +156,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "config":
         sys.stdout.write(json.dumps(settings.model_dump(mode="json"), indent=2) + "\n")
         return 0
-    if args.command == "watch":
-        from edge.watch import watch
-
-        return watch(settings, device=args.device, duration=args.duration)
     from edge.protocols import CameraUnavailable, MissingExtra, SourceError
     from edge.bundle import BundleError
 
     try:
+        if args.command == "watch":
+            from edge.watch import watch
+
+            return watch(settings, device=args.device, duration=args.duration)
         if args.command == "check":
             from edge.check import check
 

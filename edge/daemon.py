@@ -19,6 +19,9 @@ from edge.tracker import Tracker
 
 log = logging.getLogger(__name__)
 
+# A read blocked this long means a wedged driver: let systemd's watchdog (WatchdogSec=30) restart us.
+STALLED_READ_S = 20.0
+
 
 @dataclass
 class Components:
@@ -44,7 +47,7 @@ def build(settings: EdgeSettings, sinks: list[EventSink] | None = None) -> Compo
     detector = create_detector(settings.detector)
     source = open_source(settings.camera)
     envelope = Envelope(settings.device_id, sequence_file(settings.mqtt))
-    sinks = create_sinks(settings, envelope) if sinks is None else sinks
+    sinks = create_sinks(settings, envelope, bundle.labels) if sinks is None else sinks
     info = {
         "backend": classifier.backend,
         "runtime": getattr(classifier, "runtime", ""),
@@ -84,10 +87,18 @@ def run(components: Components, notifier: Any = None, max_frames: int = 0) -> in
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     last_status = [time.monotonic(), 0]
 
+    stalled = [False]
+
     def heartbeat(status: Mapping[str, Any]) -> None:
         if notifier is None:
             return
-        notifier.watchdog()
+        stuck = getattr(components.source, "stalled_for", 0.0) > STALLED_READ_S
+        if stuck and not stalled[0]:
+            log.error("%s: a camera read has been blocked for over %.0f s; no longer feeding the systemd watchdog",
+                      components.source.name, STALLED_READ_S)
+        stalled[0] = stuck
+        if not stuck:
+            notifier.watchdog()
         now = time.monotonic()
         if now - last_status[0] >= 5.0:
             fps = (status["processed"] - last_status[1]) / (now - last_status[0])
@@ -103,7 +114,9 @@ def run(components: Components, notifier: Any = None, max_frames: int = 0) -> in
         try:
             components.source.open()
         except SourceError as exc:
-            raise CameraUnavailable(str(exc)) from None
+            if components.source.live:
+                raise CameraUnavailable(str(exc)) from None
+            raise
         log.info(
             "running: source %s, detector %s, model %s v%s on %s, sinks %s",
             components.source.name, pipeline.detector.name, components.bundle.name, components.bundle.version,
@@ -125,7 +138,7 @@ def run(components: Components, notifier: Any = None, max_frames: int = 0) -> in
         for s, handler in previous.items():
             signal.signal(s, handler)
     log.info(
-        "stopped after %d frames (%d with faces, %d dropped by the source)",
-        pipeline.processed, pipeline.frames_with_faces, components.source.dropped,
+        "stopped after %d frames (faces found in %d of %d detection passes, %d frames dropped by the source)",
+        pipeline.processed, pipeline.detections_with_faces, pipeline.detections, components.source.dropped,
     )
     return 0

@@ -46,8 +46,10 @@ class Pipeline:
         self.heartbeat = heartbeat  # watchdog + status line, called from this loop so a stuck loop is noticed
         self.stop_event = threading.Event()
         self.processed = 0
-        self.frames_with_faces = 0
+        self.detections = 0  # frames on which the detector ran
+        self.detections_with_faces = 0
         self.skipped = 0
+        self._last_shape: tuple[int, ...] = ()
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -86,9 +88,15 @@ class Pipeline:
             # Detection reuses this conversion instead of making its own.
             frame = dataclasses.replace(frame, gray=gray, gray_scale=1.0)
         carried = self.tracker.carried()
-        if self.processed % self.detect_every == 0 or not carried:
+        # A new frame size (a reopened camera, a folder of mixed images) invalidates the carried boxes.
+        detect = self.processed % self.detect_every == 0 or not carried or gray.shape != self._last_shape
+        self._last_shape = gray.shape
+        if detect:
             boxes = [d.box for d in self.detector.detect(frame)]
             t1 = time.monotonic()
+            times.add("detect", t1 - t0)
+            self.detections += 1
+            self.detections_with_faces += bool(boxes)
             scores = self._classify(gray, boxes)
             t2 = time.monotonic()
             events = self.tracker.update(boxes, scores, t2)
@@ -99,16 +107,21 @@ class Pipeline:
             t2 = time.monotonic()
             events = self.tracker.carry(carried, scores, t2)
         self.processed += 1
-        if boxes:
-            self.frames_with_faces += 1
         messages = self.aggregator.on_frame(self.tracker.tracks, events, frame.index + 1, self.source.dropped)
         self.publish(messages)
         t3 = time.monotonic()
         times.add("capture", max(0.0, t0 - frame.t_capture))
-        times.add("detect", t1 - t0)
         times.add("classify", t2 - t1)
         times.add("publish", t3 - t2)
         times.add("total", t3 - t0)
+
+    def idle(self) -> None:
+        """No frame within the read timeout (camera gone or stalled): age the tracks as an empty pass."""
+        now = time.monotonic()
+        events = self.tracker.update([], np.empty((0, len(self.tracker.labels)), np.float32), now) if self.tracker.tracks else []
+        messages = [self.aggregator.event_message(e) for e in events]
+        self.aggregator.faces_now = len(self.tracker.carried())
+        self.publish(messages + self.aggregator.due())
 
     def run(self, max_frames: int = 0) -> None:
         """Process frames until stopped, the source ends, or ``max_frames`` are done; then flush."""
@@ -122,7 +135,7 @@ class Pipeline:
                 if frame is not None:
                     self.process(frame)
                 else:
-                    self.publish(self.aggregator.due())
+                    self.idle()
                 if self.heartbeat is not None:
                     self.heartbeat(self.status())
                 if max_frames and self.processed >= max_frames:

@@ -189,7 +189,7 @@ def format_validation_error(exc: ValidationError, origin: str) -> str:
         if err["type"] == "extra_forbidden":
             section = ".".join(str(p) for p in err["loc"][:-1])
             where = f"section [{section}]" if section else "the top level"
-            lines.append(f"{loc}: unknown setting in {where}; check its spelling (deepfer-edge config --help lists them)")
+            lines.append(f"{loc}: unknown setting in {where}; check its spelling (deepfer-edge config --reference lists them)")
         else:
             got = err.get("input")
             shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"

@@ -196,3 +196,30 @@ def test_settings_problems_found_at_start_exit_78(tmp_path):
     p = daemon("--config", str(cfg), "--camera", "demo")
     _, err = p.communicate(timeout=60)
     assert p.returncode == 78 and "mqtt.password_file" in err
+
+
+def test_mixed_image_sizes_in_a_folder_do_not_crash(tmp_path):
+    import cv2
+    import numpy as np
+
+    from edge.demo import FACE_ASSET
+
+    face = cv2.imread(str(ROOT / "edge" / "assets" / FACE_ASSET))
+    folder = tmp_path / "stills"
+    folder.mkdir()
+    for i in range(4):  # boxes carried from a big still must not be cut out of a tiny one
+        cv2.imwrite(str(folder / f"{i}a.png"), face)
+        cv2.imwrite(str(folder / f"{i}b.png"), np.random.default_rng(i).integers(0, 255, (20, 20, 3), dtype=np.uint8))
+    p = daemon("--camera", str(folder), "--stdout")
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    stats = [m["payload"] for m in lines(out) if m["topic"] == "stats"][-1]
+    assert stats["frames"]["processed"] == 8
+
+
+def test_an_unreadable_file_is_a_settings_error_not_a_camera_outage(tmp_path):
+    bad = tmp_path / "clip.mp4"
+    bad.write_bytes(b"not a video")
+    p = daemon("--camera", str(bad), "--stdout")
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 78 and "clip.mp4" in err

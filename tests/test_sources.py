@@ -693,3 +693,24 @@ def test_csi_camera_missing_is_a_source_error(fake_picamera2) -> None:
 )
 def test_lores_size_keeps_aspect_and_even_dimensions(size, lores_width, expected) -> None:
     assert lores_size(size[0], size[1], lores_width) == expected
+
+
+def test_a_blocked_read_shows_as_stalled() -> None:
+    """A driver that never returns from read() must be visible, so the daemon can stop feeding the watchdog."""
+    camera = GatedCamera(face_file("pyfeat/single_face.mp4"))
+    source = live(lambda: camera)
+    source.open()
+    try:
+        camera.give(1)
+        assert source.read(timeout=5.0) is not None
+        time.sleep(0.3)  # the second read() now waits for a permit that never comes
+        assert source.stalled_for >= 0.25
+        camera.give(1)
+        assert source.read(timeout=5.0) is not None
+        deadline = time.monotonic() + 5
+        while source.stalled_for > 0.2 and time.monotonic() < deadline:  # the next read starts blocking again
+            time.sleep(0.01)
+        assert source.stalled_for < 0.2
+    finally:
+        camera.unblock()
+        source.close()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the project with its test and training extras into .venv and run the whole test suite.
-# Needs: python3 (3.10+) with venv, and the Mosquitto broker binary (apt-get install mosquitto);
+# Needs: python3 (3.11+) with venv, and the Mosquitto broker binary (apt-get install mosquitto);
 # shellcheck and systemd-analyze are used when present (their tests skip, saying why, when absent).
 set -euo pipefail
 cd "$(dirname "$0")/.."

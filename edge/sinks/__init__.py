@@ -27,13 +27,16 @@ def _stdout_sink(settings: EdgeSettings, envelope: Envelope | None = None) -> Ev
 
 
 @SINKS.register("mqtt")
-def _mqtt_sink(settings: EdgeSettings, envelope: Envelope | None = None) -> EventSink:
+def _mqtt_sink(settings: EdgeSettings, envelope: Envelope | None = None, labels: tuple[str, ...] | None = None) -> EventSink:
+    from edge.labels import EMOTIONS
     from edge.sinks.mqtt_sink import MqttSink
 
-    return MqttSink(settings.mqtt, settings.device_id, envelope)
+    return MqttSink(settings.mqtt, settings.device_id, envelope, labels or EMOTIONS)
 
 
-def create_sinks(settings: EdgeSettings, envelope: Envelope | None = None) -> list[EventSink]:
+def create_sinks(
+    settings: EdgeSettings, envelope: Envelope | None = None, labels: tuple[str, ...] | None = None
+) -> list[EventSink]:
     """The sinks the settings enable (stdout first, then MQTT); none are started yet.
 
     ``envelope`` is the pipeline's stamping envelope; the MQTT sink checks that
@@ -44,5 +47,5 @@ def create_sinks(settings: EdgeSettings, envelope: Envelope | None = None) -> li
     if settings.stdout.enabled:
         sinks.append(SINKS.create("stdout", settings, envelope))
     if settings.mqtt.enabled:
-        sinks.append(SINKS.create("mqtt", settings, envelope))
+        sinks.append(SINKS.create("mqtt", settings, envelope, labels))  # labels: the bundle's, for HA sensors
     return sinks

@@ -71,6 +71,7 @@ class LiveCapture:
     ) -> None:
         self.name = name
         self._opener = opener
+        self._read_started: float | None = None
         self._backoff_s = backoff_s
         self._backoff_max_s = max(backoff_max_s, backoff_s)
         # A stream can miss a frame now and then without being gone; a few failures in a row mean it is.
@@ -157,6 +158,17 @@ class LiveCapture:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def stalled_for(self) -> float:
+        """Seconds the device's current read has been blocked (0 when none is under way).
+
+        A driver that never returns from a read (seen with picamera2) starves the
+        pipeline without an error; the daemon stops feeding systemd's watchdog
+        once this grows, so the service is restarted.
+        """
+        started = self._read_started
+        return 0.0 if started is None else time.monotonic() - started
+
     # Capture thread ------------------------------------------------------------------
     def _open_first(self) -> Camera:
         try:
@@ -175,11 +187,14 @@ class LiveCapture:
                 if camera is None:
                     camera, delay = self._reopen(stop, delay)
                     continue
+                self._read_started = time.monotonic()
                 try:
                     grab = camera.read()
                 except Exception as exc:  # a driver error is a failed read, never the end of the daemon
                     log.debug("%s: read raised %r", self.name, exc)
                     grab = None
+                finally:
+                    self._read_started = None
                 if stop.is_set():
                     break
                 if grab is None:
