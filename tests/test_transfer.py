@@ -52,3 +52,20 @@ def test_two_stage_fine_tuning_from_a_local_weights_file(tmp_path):
     assert not np.array_equal(bb.get_layer("Conv1").get_weights()[0], saved_kernel)
     rows = (run / "history.csv").read_text().strip().splitlines()
     assert len(rows) == 3  # header + one head epoch + one fine-tune epoch
+
+
+def test_init_from_starts_a_new_cycle_from_earlier_weights(tmp_path):
+    from train.model import build_fernet
+
+    keras.utils.set_random_seed(11)
+    earlier = build_fernet(width=0.25)
+    earlier.save(tmp_path / "earlier.keras")
+    data = tiny_npz(tmp_path / "faces.npz")
+    recipe = Recipe(data=str(data), width=0.25, epochs=1, batch_size=32, holdout=0.2, lr=1e-12, weight_decay=0.0,
+                    warmup_epochs=0.0, init_from=str(tmp_path / "earlier.keras"))
+    fit(recipe, tmp_path / "run", verbose=0)
+    after = keras.models.load_model(tmp_path / "run" / "model.keras")
+    # With a vanishing learning rate the convolutions are still the ones it started from.
+    np.testing.assert_allclose(after.get_layer("stem_conv").get_weights()[0], earlier.get_layer("stem_conv").get_weights()[0], atol=1e-6)
+    fresh = build_fernet(width=0.25)
+    assert not np.allclose(fresh.get_layer("stem_conv").get_weights()[0], earlier.get_layer("stem_conv").get_weights()[0])

@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--lr", type=_positive_float, metavar="LR", help="peak learning rate")
     f.add_argument("--limit", type=int, metavar="N", help="use at most N training faces (0 = all; for smoke runs)")
     f.add_argument("--seed", type=int, metavar="N")
+    f.add_argument("--init-from", metavar="KERAS", help="start from this model's weights (same architecture), e.g. runs/a/best.keras")
     f.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                    help="Keras output: 0 none, 1 progress bar, 2 one line per epoch (default 1)")
 
@@ -107,7 +108,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 FLAG_FIELDS = {"data": "data", "val_data": "val_data", "epochs": "epochs", "arch": "arch", "width": "width",
-               "weights": "weights", "batch_size": "batch_size", "lr": "lr", "limit": "limit", "seed": "seed"}
+               "weights": "weights", "batch_size": "batch_size", "lr": "lr", "limit": "limit", "seed": "seed",
+               "init_from": "init_from"}
 
 
 def recipe_from_args(args: argparse.Namespace):
