@@ -206,6 +206,38 @@ def test_int8_bundle_agrees_with_float_model(bundle: SimpleNamespace, trained: S
 
 
 @pytest.mark.train
+def test_init_from_an_exported_bundle_recovers_the_float_model(bundle: SimpleNamespace, trained: SimpleNamespace,
+                                                               synthetic: SimpleNamespace) -> None:
+    """`fit --init-from NAME.tflite`: the int8 bundle's weights, BatchNorm unfolded, in a trainable Keras model."""
+    import keras
+
+    from train.evaluate import load_predictor
+    from train.fit import Recipe, build
+    from train.warmstart import WarmStartError, load_tflite_weights
+
+    recipe = Recipe(**{k: v for k, v in bundle.meta["recipe"].items() if k != "extra"})
+    faces = np.concatenate([load(synthetic.train_npz).x, load(synthetic.val_npz).x])[..., None]
+    model, _ = build(recipe)
+    fresh = model.predict(faces.astype(np.float32), verbose=0)
+    load_tflite_weights(model, bundle.tflite, load(synthetic.train_npz).x[..., None])
+
+    p_float = load_predictor(trained.run / "best.keras").predict(faces)
+    p_warm = keras.ops.convert_to_numpy(keras.ops.softmax(model(faces.astype(np.float32), training=False)))
+    assert (p_warm.argmax(1) == p_float.argmax(1)).mean() >= 0.9
+    assert np.abs(p_warm - p_float).max() < 0.15
+    assert not np.allclose(keras.ops.convert_to_numpy(keras.ops.softmax(fresh)), p_float, atol=0.15)
+    # Training mode normalises with batch statistics: the unfolded BatchNorm leaves the function as it was,
+    # so training starts from the exported model, not from a renormalised one.
+    model.get_layer("dropout").rate = 0.0
+    p_train = keras.ops.convert_to_numpy(keras.ops.softmax(model(faces.astype(np.float32), training=True)))
+    assert (p_train.argmax(1) == p_warm.argmax(1)).mean() >= 0.9
+
+    wider, _ = build(Recipe(**{**recipe.__dict__, "width": 0.5}))
+    with pytest.raises(WarmStartError, match="width"):
+        load_tflite_weights(wider, bundle.tflite, faces[:8])
+
+
+@pytest.mark.train
 def test_evaluate_cli_reproduces_export_metrics(bundle: SimpleNamespace, trained: SimpleNamespace,
                                                 synthetic: SimpleNamespace, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:

@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--lr", type=_positive_float, metavar="LR", help="peak learning rate")
     f.add_argument("--limit", type=int, metavar="N", help="use at most N training faces (0 = all; for smoke runs)")
     f.add_argument("--seed", type=int, metavar="N")
-    f.add_argument("--init-from", metavar="KERAS", help="start from this model's weights (same architecture), e.g. runs/a/best.keras")
+    f.add_argument("--init-from", metavar="MODEL", help="start from this model's weights (same architecture): a .keras model, "
+                   "e.g. runs/a/best.keras, or an exported bundle's .tflite, e.g. edge/models/deepfer_fernet_int8.tflite")
     f.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                    help="Keras output: 0 none, 1 progress bar, 2 one line per epoch (default 1)")
 

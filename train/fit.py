@@ -56,7 +56,7 @@ class Recipe:
     contrast: float = 0.25
     seed: int = 1337
     limit: int = 0  # use at most this many training faces (0 = all); for smoke tests
-    init_from: str = ""  # start from this .keras model's weights (same architecture): a second, warm-restarted cycle
+    init_from: str = ""  # start from this .keras model's or exported .tflite bundle's weights (same architecture): a second, warm-restarted cycle
     holdout: float = 0.1  # fraction held out when no val_data is given
     extra: dict = field(default_factory=dict)
 
@@ -262,7 +262,13 @@ def fit(recipe: Recipe, run: Path, resume: bool = False, verbose: int = 1) -> Pa
     log.info("model %s: %d parameters", model.name, model.count_params())
     if recipe.init_from:
         # Weights only: the new run gets its own optimizer state and learning-rate cycle.
-        model.set_weights(keras.models.load_model(recipe.init_from, compile=False).get_weights())
+        if Path(recipe.init_from).suffix == ".tflite":
+            from train.warmstart import load_tflite_weights
+
+            sample = train.take(min(len(train), 1024), recipe.seed).x[..., None]
+            load_tflite_weights(model, Path(recipe.init_from), sample)
+        else:
+            model.set_weights(keras.models.load_model(recipe.init_from, compile=False).get_weights())
         log.info("weights initialised from %s", recipe.init_from)
     if recipe.pretrained and backbone is not None:
         done_marker = run / "backup" / "head.done"
