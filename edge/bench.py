@@ -40,18 +40,24 @@ class SerializingSink:
         pass
 
 
-def rss_mb() -> tuple[float, float]:
-    """(current, peak) resident set size in MB, from /proc (Linux)."""
-    values = {}
+def memory_mb() -> dict[str, float]:
+    """Resident memory in MB, from /proc (Linux): total, peak, and its two parts.
+
+    ``private`` (RssAnon) is what this process alone costs; ``files`` (RssFile)
+    is pages of shared libraries and the model file mapped from the page cache,
+    clean and shared with every other process using them, and reclaimable.
+    """
+    keys = {"VmRSS": "rss", "VmHWM": "peak", "RssAnon": "private", "RssFile": "files"}
+    values = dict.fromkeys(keys.values(), float("nan"))
     try:
         with open("/proc/self/status") as fh:
             for line in fh:
-                if line.startswith(("VmRSS:", "VmHWM:")):
-                    key, kb, _ = line.split()
-                    values[key[:-1]] = int(kb) / 1024.0
+                key, _, rest = line.partition(":")
+                if key in keys:
+                    values[keys[key]] = int(rest.split()[0]) / 1024.0
     except OSError:
-        return float("nan"), float("nan")
-    return values.get("VmRSS", float("nan")), values.get("VmHWM", float("nan"))
+        pass
+    return values
 
 
 def measure(settings: EdgeSettings, frames: int) -> dict[str, Any]:
@@ -93,7 +99,7 @@ def measure(settings: EdgeSettings, frames: int) -> dict[str, Any]:
     lat["read"] = {"p50": round(float(np.percentile(rt, 50)), 3), "p95": round(float(np.percentile(rt, 95)), 3)}
     detections = pipe.detections - det_before
     found = pipe.detections_with_faces - found_before
-    rss, peak = rss_mb()
+    mem = memory_mb()
     return {
         "source": source.name,
         "frames": n,
@@ -106,8 +112,10 @@ def measure(settings: EdgeSettings, frames: int) -> dict[str, Any]:
         "detector": pipe.detector.name,
         "backend": pipe.classifier.backend,
         "model": comps.bundle.name,
-        "rss_mb": round(rss, 1),
-        "peak_rss_mb": round(peak, 1),
+        "rss_mb": round(mem["rss"], 1),
+        "peak_rss_mb": round(mem["peak"], 1),
+        "private_mb": round(mem["private"], 1),
+        "shared_files_mb": round(mem["files"], 1),
     }
 
 
@@ -122,7 +130,8 @@ def bench(settings: EdgeSettings, frames: int = 300, as_json: bool = False) -> i
         f"frames            {result['frames']}",
         f"processed fps     {result['processed_fps']}",
         f"face found        {result['face_found_ratio'] * 100:.1f}% of {result['detections']} detection passes",
-        f"rss               {result['rss_mb']} MB (peak {result['peak_rss_mb']} MB)",
+        f"rss               {result['rss_mb']} MB (peak {result['peak_rss_mb']} MB): "
+        f"{result['private_mb']} MB private, {result['shared_files_mb']} MB shared library and model pages",
         "stage latency ms  p50 / p95",
     ]
     for stage, v in result["latency_ms"].items():

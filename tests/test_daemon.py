@@ -122,6 +122,7 @@ def test_bench_prints_figures():
     assert p.returncode == 0, err
     r = json.loads(out)
     assert r["frames"] == 60 and r["processed_fps"] > 0 and r["rss_mb"] > 0
+    assert 0 < r["private_mb"] < r["rss_mb"] and abs(r["private_mb"] + r["shared_files_mb"] - r["rss_mb"]) < 2
     assert r["face_found_ratio"] >= 0.9
     assert {"detect", "classify", "read"} <= set(r["latency_ms"])
 
