@@ -212,7 +212,8 @@ def test_init_from_an_exported_bundle_recovers_the_float_model(bundle: SimpleNam
     import keras
 
     from train.evaluate import load_predictor
-    from train.fit import Recipe, build
+    from train.fit import Recipe, build, warm_start_lineage
+    from train.report import model_card
     from train.warmstart import WarmStartError, load_tflite_weights
 
     recipe = Recipe(**{k: v for k, v in bundle.meta["recipe"].items() if k != "extra"})
@@ -231,6 +232,12 @@ def test_init_from_an_exported_bundle_recovers_the_float_model(bundle: SimpleNam
     model.get_layer("dropout").rate = 0.0
     p_train = keras.ops.convert_to_numpy(keras.ops.softmax(model(faces.astype(np.float32), training=True)))
     assert (p_train.argmax(1) == p_warm.argmax(1)).mean() >= 0.9
+
+    # The run records what it continues, for the model card.
+    assert warm_start_lineage(bundle.tflite) == {"from": "tiny_int8 v9.9.9", "epochs_before": 4}
+    card = model_card("next", {"int8": compute_metrics(load(synthetic.val_npz).y, p_warm[-70:])},
+                      recipe={**recipe.__dict__, "epochs": 3, "extra": {"warm_start": warm_start_lineage(bundle.tflite)}})
+    assert "| warm start | weights of tiny_int8 v9.9.9 (4 epochs before this run, 7 in all) |" in card
 
     wider, _ = build(Recipe(**{**recipe.__dict__, "width": 0.5}))
     with pytest.raises(WarmStartError, match="width"):

@@ -90,6 +90,22 @@ def load_splits(recipe: Recipe) -> tuple[FaceSet, FaceSet]:
     return train, val
 
 
+def warm_start_lineage(init_from: Path) -> dict:
+    """What a warm-started run continues: the earlier model, and the epochs behind it, for the model card."""
+    meta = init_from.with_suffix(".json")
+    if init_from.suffix == ".tflite" and meta.is_file():
+        bundle = json.loads(meta.read_text())
+        earlier = bundle.get("recipe") or {}
+        before = int(earlier.get("epochs", 0)) + int((earlier.get("extra") or {}).get("warm_start", {}).get("epochs_before", 0))
+        return {"from": f"{bundle.get('name', init_from.stem)} v{bundle.get('version', '?')}", "epochs_before": before}
+    recipe = init_from.parent / "recipe.json"
+    if recipe.is_file():
+        earlier = json.loads(recipe.read_text())
+        before = int(earlier.get("epochs", 0)) + int((earlier.get("extra") or {}).get("warm_start", {}).get("epochs_before", 0))
+        return {"from": str(init_from), "epochs_before": before}
+    return {"from": str(init_from), "epochs_before": None}
+
+
 def class_weights(counts: np.ndarray, power: float) -> dict[int, float]:
     counts = np.maximum(counts.astype(np.float64), 1.0)
     w = (counts.sum() / counts) ** power
@@ -249,6 +265,8 @@ def fit(recipe: Recipe, run: Path, resume: bool = False, verbose: int = 1) -> Pa
     else:
         if (run / "backup").exists():
             raise FileExistsError(f"{run} already holds a run; pass --resume to continue it or choose another --out")
+        if recipe.init_from:
+            recipe.extra.setdefault("warm_start", warm_start_lineage(Path(recipe.init_from)))
         recipe.save(saved)
     keras.utils.set_random_seed(recipe.seed)
     os.environ.setdefault("TF_DETERMINISTIC_OPS", "0")

@@ -154,6 +154,11 @@ def model_card(
     if recipe:
         out += ["## Recipe", "", "| setting | value |", "|---|---|"]
         out += [f"| {k} | {recipe[k]} |" for k in RECIPE_KEYS if k in recipe]
+        warm = (recipe.get("extra") or {}).get("warm_start")
+        if warm:
+            before = warm.get("epochs_before")
+            total = f" ({before} epochs before this run, {before + int(recipe.get('epochs', 0))} in all)" if before else ""
+            out.append(f"| warm start | weights of {warm.get('from')}{total} |")
         out.append("")
     out += ["## Metrics", "", "| model | n | top-1 | top-2 | macro-F1 | weighted-F1 | ECE (15 bins) |", "|---|---|---|---|---|---|---|"]
     for kind, m in metrics.items():
