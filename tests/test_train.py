@@ -140,6 +140,21 @@ def test_resume_continues_without_redoing_epochs(trained: SimpleNamespace) -> No
 
 
 @pytest.mark.train
+def test_a_resumed_run_does_not_replay_the_first_epochs_face_order() -> None:
+    from train.fit import Recipe, make_datasets
+
+    faces = FaceSet(np.zeros((64, 48, 48), np.uint8), (np.arange(64) % 7).astype(np.uint8), "zeros")
+    recipe = Recipe(batch_size=64, flip=False, rotation_deg=0, zoom=0, translate=0, brightness=0, contrast=0)
+
+    def first_epoch_order(epochs_done: int) -> np.ndarray:
+        ds, _, _ = make_datasets(recipe, faces, faces, epochs_done)
+        return next(iter(ds))[1].numpy().argmax(axis=1)
+
+    np.testing.assert_array_equal(first_epoch_order(0), first_epoch_order(0))  # reproducible from the seed
+    assert not np.array_equal(first_epoch_order(0), first_epoch_order(5))
+
+
+@pytest.mark.train
 def test_fit_refuses_to_overwrite_a_run(trained: SimpleNamespace, synthetic: SimpleNamespace,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["fit", "--data", str(synthetic.train_npz), "--out", str(trained.run), "--verbose", "0"])

@@ -113,35 +113,39 @@ def class_weights(counts: np.ndarray, power: float) -> dict[int, float]:
     return {i: float(v) for i, v in enumerate(w)}
 
 
-def augmentation(recipe: Recipe):
+def augmentation(recipe: Recipe, seed: int | None = None):
     import keras
     from keras import layers
 
+    seed = recipe.seed if seed is None else seed
     steps = []
     if recipe.flip:
-        steps.append(layers.RandomFlip("horizontal", seed=recipe.seed))
+        steps.append(layers.RandomFlip("horizontal", seed=seed))
     if recipe.rotation_deg:
-        steps.append(layers.RandomRotation(recipe.rotation_deg / 360.0, fill_mode="reflect", seed=recipe.seed + 1))
+        steps.append(layers.RandomRotation(recipe.rotation_deg / 360.0, fill_mode="reflect", seed=seed + 1))
     if recipe.zoom:
-        steps.append(layers.RandomZoom((-recipe.zoom, recipe.zoom), fill_mode="reflect", seed=recipe.seed + 2))
+        steps.append(layers.RandomZoom((-recipe.zoom, recipe.zoom), fill_mode="reflect", seed=seed + 2))
     if recipe.translate:
-        steps.append(layers.RandomTranslation(recipe.translate, recipe.translate, fill_mode="reflect", seed=recipe.seed + 3))
+        steps.append(layers.RandomTranslation(recipe.translate, recipe.translate, fill_mode="reflect", seed=seed + 3))
     if recipe.brightness:
-        steps.append(layers.RandomBrightness(recipe.brightness, value_range=(0, 255), seed=recipe.seed + 4))
+        steps.append(layers.RandomBrightness(recipe.brightness, value_range=(0, 255), seed=seed + 4))
     if recipe.contrast:
-        steps.append(layers.RandomContrast(recipe.contrast, value_range=(0, 255), seed=recipe.seed + 5))
+        steps.append(layers.RandomContrast(recipe.contrast, value_range=(0, 255), seed=seed + 5))
     if not steps:
         return layers.Identity(name="augment")
     return keras.Sequential(steps, name="augment")
 
 
-def make_datasets(recipe: Recipe, train: FaceSet, val: FaceSet):
+def make_datasets(recipe: Recipe, train: FaceSet, val: FaceSet, epochs_done: int = 0):
+    """Training and validation pipelines; ``epochs_done`` > 0 (a resumed run) moves the shuffle and
+    augmentation seeds on, so the run does not replay the face order of its first epochs."""
     import tensorflow as tf
 
     n_cls = len(EMOTIONS)
     weights = class_weights(train.class_counts(), recipe.class_weight_power)
     w_table = tf.constant([weights[i] for i in range(n_cls)], tf.float32)
-    aug = augmentation(recipe)
+    seed = recipe.seed + 7919 * epochs_done
+    aug = augmentation(recipe, seed)
 
     def prep(x, y):
         x = tf.cast(x[..., None], tf.float32)
@@ -155,7 +159,7 @@ def make_datasets(recipe: Recipe, train: FaceSet, val: FaceSet):
 
     ds_train = (
         tf.data.Dataset.from_tensor_slices((train.x, train.y))
-        .shuffle(len(train), seed=recipe.seed, reshuffle_each_iteration=True)
+        .shuffle(len(train), seed=seed, reshuffle_each_iteration=True)
         .batch(recipe.batch_size, drop_remainder=False)
         .map(prep, num_parallel_calls=tf.data.AUTOTUNE)
         .map(augment, num_parallel_calls=tf.data.AUTOTUNE)
@@ -201,6 +205,12 @@ def _compile(model, recipe: Recipe, lr: float, epochs: int, steps_per_epoch: int
         loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=recipe.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"), keras.metrics.TopKCategoricalAccuracy(2, name="top2")],
     )
+
+
+def _epochs_done(history: Path) -> int:
+    if not history.exists():
+        return 0
+    return max(0, len(history.read_text().strip().splitlines()) - 1)
 
 
 def _best_so_far(history: Path) -> float | None:
@@ -273,7 +283,11 @@ def fit(recipe: Recipe, run: Path, resume: bool = False, verbose: int = 1) -> Pa
 
     train, val = load_splits(recipe)
     log.info("train %d faces %s | val %d faces (%s)", len(train), train.class_counts().tolist(), len(val), val.source)
-    ds_train, ds_val, weights = make_datasets(recipe, train, val)
+    epochs_done = _epochs_done(run / "history.csv") if resume else 0
+    if epochs_done:
+        # A fresh process with the same seeds would replay epoch 1's face order and dropout masks.
+        keras.utils.set_random_seed(recipe.seed + 7919 * epochs_done)
+    ds_train, ds_val, weights = make_datasets(recipe, train, val, epochs_done)
     log.info("class weights %s", {EMOTIONS[k]: round(v, 2) for k, v in weights.items()})
 
     model, backbone = build(recipe)
