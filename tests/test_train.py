@@ -260,6 +260,34 @@ def test_init_from_an_exported_bundle_recovers_the_float_model(bundle: SimpleNam
 
 
 @pytest.mark.train
+def test_flip_tta_bundle_averages_the_face_and_its_mirror(bundle: SimpleNamespace, trained: SimpleNamespace,
+                                                          synthetic: SimpleNamespace, tmp_path: Path) -> None:
+    from edge.bundle import load_bundle
+    from edge.classifier import TFLiteClassifier
+    from edge.settings import ClassifierSettings
+    from train.export import float_ops
+
+    rc = main(["export", str(trained.run), "--out", str(tmp_path), "--name", "tiny_tta", "--calibration", "50",
+               "--latency-runs", "5", "--max-int8-drop", "5", "--flip-tta"])
+    assert rc == 0
+    tta = tmp_path / "tiny_tta.tflite"
+    meta = json.loads(tta.with_suffix(".json").read_text())
+    assert meta["test_time_augmentation"] == "flip" and bundle.meta["test_time_augmentation"] == "none"
+    # The float side is scored as probabilities, not put through a second softmax (which would flatten them).
+    assert meta["metrics"]["float"]["ece"] < 0.2
+    assert float_ops(tta) == []
+    assert "mirror image" in (tmp_path / "tiny_tta.md").read_text()
+
+    faces = load(synthetic.val_npz).x[..., None]
+    plain = TFLiteClassifier(load_bundle(bundle.tflite), ClassifierSettings())
+    both = TFLiteClassifier(load_bundle(tta), ClassifierSettings())
+    expected = (plain.predict_tensors(faces) + plain.predict_tensors(faces[:, :, ::-1].copy())) / 2
+    got = both.predict_tensors(faces)
+    assert np.abs(got - expected).max() < 0.1  # two int8 models calibrated apart: close, not equal
+    assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.9
+
+
+@pytest.mark.train
 def test_evaluate_cli_reproduces_export_metrics(bundle: SimpleNamespace, trained: SimpleNamespace,
                                                 synthetic: SimpleNamespace, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:

@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--version", help="bundle version (default: today's date, YYYY.MM.DD)")
     x.add_argument("--max-int8-drop", type=float, default=1.0, metavar="POINTS",
                    help="fail when int8 top-1 is more than this many points below float (default 1.0)")
+    x.add_argument("--flip-tta", action="store_true",
+                   help="average each face with its mirror image inside the model: about +1 point top-1, twice the time per face")
     x.add_argument("--latency-runs", type=int, default=300, metavar="N", help="invokes for the latency median (0 = skip)")
     return p
 
@@ -216,6 +218,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = export(
         model_path, args.out, args.name, calib, int8=args.int8, val=val, version=args.version,
         max_drop=args.max_int8_drop, training_data=training_data, latency_runs=args.latency_runs,
+        flip_tta=args.flip_tta,
     )
     print(out)
     return 0

@@ -47,10 +47,20 @@ def outputs_probabilities(model: Any) -> bool:
     """True when a Keras model ends in a softmax (exported wrappers do; trained models emit logits)."""
     import keras
 
-    last = model.layers[-1]
-    if isinstance(last, keras.layers.Softmax):
+    return _emits_probabilities(model.layers[-1])
+
+
+def _emits_probabilities(layer: Any) -> bool:
+    import keras
+
+    if isinstance(layer, keras.layers.Softmax):
         return True
-    act = getattr(last, "activation", None)
+    if isinstance(layer, keras.Model):
+        return outputs_probabilities(layer)
+    if isinstance(layer, keras.layers.Average):  # e.g. export's flip test-time augmentation
+        inputs = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
+        return all(_emits_probabilities(t._keras_history.operation) for t in inputs)  # noqa: SLF001 - layer graph lookup
+    act = getattr(layer, "activation", None)
     return act is keras.activations.softmax or getattr(act, "__name__", "") == "softmax"
 
 

@@ -151,6 +151,17 @@ def with_softmax(model):
     return keras.Model(inputs, out, name=f"{model.name}_probs")
 
 
+def with_flip_average(model):
+    """Test-time augmentation inside the graph: the mean of the probabilities of the face and of its
+    mirror image. One more pass of the network per face; the daemon runs the bundle unchanged."""
+    import keras
+
+    inp = keras.Input(model.input_shape[1:], name="face")
+    mirrored = keras.ops.flip(inp, axis=2)
+    out = keras.layers.Average(name="flip_average")([model(inp), model(mirrored)])
+    return keras.Model(inp, out, name=f"{model.name}_flip")
+
+
 def _converter(model, workdir: Path):
     import tensorflow as tf
 
@@ -287,6 +298,7 @@ def export(
     crop_margin: float = DEFAULT_CROP_MARGIN,
     latency_runs: int = LATENCY_RUNS,
     report: bool = True,
+    flip_tta: bool = False,
 ) -> Path:
     """Convert a run's model (or a ``.keras`` file) into ``out_dir/NAME.tflite`` + ``NAME.json``.
 
@@ -294,7 +306,8 @@ def export(
     ``val``: when given, float and int8 are evaluated on it and the export fails
     (ExportError, nothing written) if int8 top-1 is more than ``max_drop`` points
     below float. With ``report`` the model card (NAME.md) and its confusion-matrix
-    and training-curve plots are written beside the bundle. Returns the .tflite path.
+    and training-curve plots are written beside the bundle. ``flip_tta`` averages each
+    face with its mirror image inside the model (twice the compute). Returns the .tflite path.
     """
     from edge.classifier import TFLiteClassifier
     from edge.settings import ClassifierSettings
@@ -308,6 +321,8 @@ def export(
     out.mkdir(parents=True, exist_ok=True)
 
     keras_model = with_softmax(_load_keras(model_path))
+    if flip_tta:
+        keras_model = with_flip_average(keras_model)
     _, size, size2, channels = keras_model.input_shape
     if size != size2:
         raise ExportError(f"{model_path}: input {size}x{size2} is not square; the daemon feeds square faces")
@@ -343,6 +358,7 @@ def export(
             "crop_margin": crop_margin,
             "output": "probabilities",
             "untrained": False,
+            "test_time_augmentation": "flip" if flip_tta else "none",
         }
         (staging / f"{name}.json").write_text(json.dumps(meta, indent=2) + "\n")
         # Load it exactly as the daemon does: proves the json and the model agree.

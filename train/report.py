@@ -137,7 +137,9 @@ def model_card(
             f"Input {bundle.get('input_size')}x{bundle.get('input_size')}x{bundle.get('channels')} "
             f"{bundle.get('input_dtype', '')} raw pixels (normalisation folded into the graph), "
             f"crop margin {bundle.get('crop_margin')}, output: {bundle.get('output')} over "
-            f"{', '.join(bundle.get('labels', []))}.",
+            f"{', '.join(bundle.get('labels', []))}."
+            + (" Each face is scored together with its mirror image inside the model (flip test-time augmentation, "
+               "two passes of the network)." if bundle.get("test_time_augmentation") == "flip" else ""),
             "",
         ]
     out += ["## Data", ""]
