@@ -92,18 +92,25 @@ def load_splits(recipe: Recipe) -> tuple[FaceSet, FaceSet]:
 
 def warm_start_lineage(init_from: Path) -> dict:
     """What a warm-started run continues: the earlier model, and the epochs behind it, for the model card."""
+
+    def epochs_behind(earlier: dict) -> int:
+        return int(earlier.get("epochs", 0)) + int((earlier.get("extra") or {}).get("warm_start", {}).get("epochs_before") or 0)
+
     meta = init_from.with_suffix(".json")
     if init_from.suffix == ".tflite" and meta.is_file():
         bundle = json.loads(meta.read_text())
-        earlier = bundle.get("recipe") or {}
-        before = int(earlier.get("epochs", 0)) + int((earlier.get("extra") or {}).get("warm_start", {}).get("epochs_before", 0))
-        return {"from": f"{bundle.get('name', init_from.stem)} v{bundle.get('version', '?')}", "epochs_before": before}
+        return {"from": f"{bundle.get('name', init_from.stem)} v{bundle.get('version', '?')}",
+                "epochs_before": epochs_behind(bundle.get("recipe") or {})}
     recipe = init_from.parent / "recipe.json"
     if recipe.is_file():
-        earlier = json.loads(recipe.read_text())
-        before = int(earlier.get("epochs", 0)) + int((earlier.get("extra") or {}).get("warm_start", {}).get("epochs_before", 0))
-        return {"from": str(init_from), "epochs_before": before}
+        return {"from": str(init_from), "epochs_before": epochs_behind(json.loads(recipe.read_text()))}
     return {"from": str(init_from), "epochs_before": None}
+
+
+def data_seed(recipe: Recipe, epochs_done: int) -> int:
+    """The seed for shuffling, augmentation and dropout: moved on in a resumed run, which would
+    otherwise replay its first epochs' face order and dropout masks in the fresh process."""
+    return recipe.seed + 7919 * epochs_done
 
 
 def class_weights(counts: np.ndarray, power: float) -> dict[int, float]:
@@ -144,7 +151,7 @@ def make_datasets(recipe: Recipe, train: FaceSet, val: FaceSet, epochs_done: int
     n_cls = len(EMOTIONS)
     weights = class_weights(train.class_counts(), recipe.class_weight_power)
     w_table = tf.constant([weights[i] for i in range(n_cls)], tf.float32)
-    seed = recipe.seed + 7919 * epochs_done
+    seed = data_seed(recipe, epochs_done)
     aug = augmentation(recipe, seed)
 
     def prep(x, y):
@@ -285,8 +292,7 @@ def fit(recipe: Recipe, run: Path, resume: bool = False, verbose: int = 1) -> Pa
     log.info("train %d faces %s | val %d faces (%s)", len(train), train.class_counts().tolist(), len(val), val.source)
     epochs_done = _epochs_done(run / "history.csv") if resume else 0
     if epochs_done:
-        # A fresh process with the same seeds would replay epoch 1's face order and dropout masks.
-        keras.utils.set_random_seed(recipe.seed + 7919 * epochs_done)
+        keras.utils.set_random_seed(data_seed(recipe, epochs_done))
     ds_train, ds_val, weights = make_datasets(recipe, train, val, epochs_done)
     log.info("class weights %s", {EMOTIONS[k]: round(v, 2) for k, v in weights.items()})
 
