@@ -260,7 +260,7 @@ def test_broker_outage_then_daemon_restart_while_it_is_down_lose_no_event(broker
     def received() -> list[dict]:
         return [json.loads(m.payload) for m in sub.on(topic)]
 
-    first = start()
+    first, second = start(), None
     try:
         assert sub.wait_for(lambda ms: len(ms) >= 6, 60), "no events before the outage"
         broker.stop()
@@ -281,7 +281,7 @@ def test_broker_outage_then_daemon_restart_while_it_is_down_lose_no_event(broker
         _, err_second = second.communicate(timeout=60)
         assert second.returncode == 0, err_second
     finally:
-        for p in (first, locals().get("second")):
+        for p in (first, second):
             if p is not None and p.poll() is None:
                 p.kill()
                 p.communicate(timeout=10)

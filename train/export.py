@@ -204,16 +204,22 @@ def convert(model, calibration: np.ndarray | None, int8: bool = True) -> bytes:
 FLOAT_TYPES = ("float32", "float16", "float64", "bfloat16")
 
 
-def float_ops(tflite: Path) -> list[str]:
-    """Ops of a TFLite model that take or produce floating-point tensors (empty = integer-only)."""
+def undelegated_interpreter(tflite: Path) -> Any:
+    """An allocated interpreter without the default XNNPACK delegate, which would show the graph as
+    one opaque DELEGATE op and repack the constant tensors: for reading the model, not for speed."""
     from edge.classifier import _interpreter_module
 
     module, _ = _interpreter_module()
-    # Without the default XNNPACK delegate, or the op list shows one opaque DELEGATE op.
     resolver = getattr(getattr(module, "OpResolverType", None), "BUILTIN_WITHOUT_DEFAULT_DELEGATES", None)
     kwargs = {"experimental_op_resolver_type": resolver} if resolver is not None else {}
     interp = module.Interpreter(model_path=str(tflite), **kwargs)
     interp.allocate_tensors()
+    return interp
+
+
+def float_ops(tflite: Path) -> list[str]:
+    """Ops of a TFLite model that take or produce floating-point tensors (empty = integer-only)."""
+    interp = undelegated_interpreter(tflite)
     bad = []
     for op in interp._get_ops_details():  # noqa: SLF001 - the only per-op type listing the runtime offers
         types = [np.dtype(t).name for t in list(op["operand_types"]) + list(op["result_types"])]

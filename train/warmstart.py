@@ -49,14 +49,9 @@ def _dequantize(values: np.ndarray, detail: dict) -> np.ndarray:
 
 def tflite_weights(path: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(op, kernel in Keras layout, float bias) for each conv / dense op, in graph order."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from train.export import undelegated_interpreter
 
-    interp = Interpreter(
-        model_path=str(path),
-        # Without XNNPACK the constant tensors stay readable in their original layout.
-        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-    )
-    interp.allocate_tensors()
+    interp = undelegated_interpreter(path)
     details = {d["index"]: d for d in interp.get_tensor_details()}
     out = []
     for op in interp._get_ops_details():  # noqa: SLF001 - the public API has no graph walk
@@ -118,7 +113,7 @@ def load_tflite_weights(model, path: Path, sample: np.ndarray) -> None:
     acts = probe.predict(sample.astype(np.float32), batch_size=256, verbose=0)
     for name, act in zip(names, acts if isinstance(acts, list) else [acts]):
         bn = bn_after[name]
-        mean = act.reshape(-1, act.shape[-1]).mean(axis=0)
-        var = act.reshape(-1, act.shape[-1]).var(axis=0)
+        per_channel = act.reshape(-1, act.shape[-1])
+        mean, var = per_channel.mean(axis=0), per_channel.var(axis=0)
         bn.set_weights([np.sqrt(var + bn.epsilon), mean + biases[name], mean, var])
     log.info("weights of %d layers loaded from %s; BatchNorm statistics from %d faces", len(weighted), path, len(sample))
