@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.preprocess import Box, to_gray
+from edge.preprocess import Box, shrink, to_gray
 from edge.protocols import Detection, FaceDetector, Frame, MissingExtra, Registry
 from edge.settings import ConfigError, DetectorSettings
 
@@ -45,7 +45,7 @@ def _downscale(image: np.ndarray, width: int) -> tuple[np.ndarray, float]:
     if w <= width:
         return image, 1.0
     height = max(1, int(round(image.shape[0] * width / w)))
-    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA), w / width
+    return shrink(image, width, height), w / width
 
 
 def _to_frame_box(x: float, y: float, w: float, h: float, scale: float, frame_w: int, frame_h: int, min_face: int) -> Box | None:
