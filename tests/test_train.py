@@ -77,6 +77,14 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
                            val_npz=root / "val.npz", toml=root / "recipe.toml")
 
 
+def _best_epoch(run: Path) -> int:
+    """1-based epoch of the first maximum of val_accuracy: the one best.keras holds."""
+    lines = (run / "history.csv").read_text().splitlines()
+    col = lines[0].split(",").index("val_accuracy")
+    acc = [float(line.split(",")[col]) for line in lines[1:]]
+    return acc.index(max(acc)) + 1
+
+
 def _history_epochs(run: Path) -> list[int]:
     lines = (run / "history.csv").read_text().splitlines()
     return [int(line.split(",")[0]) for line in lines[1:]]
@@ -88,7 +96,7 @@ def trained(synthetic: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory
     pytest.importorskip("tensorflow")
     run = tmp_path_factory.mktemp("runs") / "tiny"
     rc = main(["fit", "--data", str(synthetic.folder), "--val-data", str(synthetic.val_npz), "--out", str(run),
-               "--recipe", str(synthetic.toml), "--epochs", "2", "--seed", "7", "--verbose", "0"])
+               "--recipe", str(synthetic.toml), "--epochs", "2", "--seed", "7", "--swa-epochs", "3", "--verbose", "0"])
     assert rc == 0
     first_recipe = json.loads((run / "recipe.json").read_text())
     first_history = (run / "history.csv").read_text().splitlines()
@@ -155,6 +163,51 @@ def test_a_resumed_run_does_not_replay_the_first_epochs_face_order() -> None:
 
 
 @pytest.mark.train
+def test_weight_average_of_the_last_epochs(trained: SimpleNamespace) -> None:
+    import keras
+
+    run = trained.run
+    summary = json.loads((run / "swa.json").read_text())
+    # The recipe grew from 2 to 4 epochs: the average is of the last 3 of the 4, not of the first run's 2.
+    assert summary["epochs_averaged"] == [2, 3, 4]
+    assert sorted(p.name for p in (run / "swa").iterdir()) == [f"epoch_00{i}.npz" for i in (1, 2, 3, 4)]
+    assert 0.0 <= summary["val_accuracy"] <= 1.0 and summary["batchnorm_batches"] == 4
+    snaps = [np.load(run / "swa" / f"epoch_00{i}.npz") for i in (2, 3, 4)]
+    model = keras.models.load_model(run / "swa.keras", compile=False)
+    bn_stats = {id(v) for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)
+                for v in (layer.moving_mean, layer.moving_variance)}
+    checked = remeasured = 0
+    for i, var in enumerate(model.weights):
+        mean = np.mean([s[f"arr_{i}"].astype(np.float64) for s in snaps], axis=0)
+        if id(var) in bn_stats:
+            remeasured += not np.allclose(var.numpy(), mean, atol=1e-4)
+        else:
+            np.testing.assert_allclose(var.numpy(), mean, rtol=1e-5, atol=1e-6)
+            checked += 1
+    assert checked > 10 and remeasured > 0
+    from train.export import trained_epochs
+
+    assert trained_epochs(run / "swa.keras") == {"epochs_run": 4, "epoch": 4, "averaged_epochs": [2, 3, 4]}
+
+
+@pytest.mark.train
+def test_batchnorm_update_is_the_plain_mean_over_batches() -> None:
+    import keras
+
+    from train.swa import update_batchnorm
+
+    inp = keras.Input((3,))
+    bn = keras.layers.BatchNormalization(momentum=0.9)
+    model = keras.Model(inp, bn(inp))
+    rng = np.random.default_rng(0)
+    batches = [(rng.normal(loc, 1.0 + loc, (16, 3)).astype(np.float32), None) for loc in (0.0, 2.0, 5.0)]
+    assert update_batchnorm(model, batches, max_batches=2) == 2
+    np.testing.assert_allclose(bn.moving_mean.numpy(), np.mean([b[0].mean(0) for b in batches[:2]], axis=0), rtol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), np.mean([b[0].var(0) for b in batches[:2]], axis=0), rtol=1e-4)
+    assert bn.momentum == 0.9
+
+
+@pytest.mark.train
 def test_fit_refuses_to_overwrite_a_run(trained: SimpleNamespace, synthetic: SimpleNamespace,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["fit", "--data", str(synthetic.train_npz), "--out", str(trained.run), "--verbose", "0"])
@@ -182,6 +235,8 @@ def test_bundle_json_fields(bundle: SimpleNamespace, trained: SimpleNamespace) -
     assert m["training_data"]["n_train"] == 140 and m["training_data"]["n_val"] == 70
     assert m["calibration"]["n"] == 50
     assert m["recipe"]["epochs"] == 4 and m["recipe"]["arch"] == "fernet"
+    assert m["model"]["file"] == "best.keras" and m["model"]["epochs_run"] == 4
+    assert m["model"]["epoch"] == _best_epoch(trained.run)
     assert datetime.fromisoformat(m["created"].replace("Z", "+00:00")).tzinfo is not None
     assert m["latency_ms_per_face"] > 0
     assert m["edgetpu"]["compiled"] is False or (bundle.out / "tiny_int8_edgetpu.tflite").is_file()
@@ -249,10 +304,18 @@ def test_init_from_an_exported_bundle_recovers_the_float_model(bundle: SimpleNam
     assert (p_train.argmax(1) == p_warm.argmax(1)).mean() >= 0.9
 
     # The run records what it continues, for the model card.
-    assert warm_start_lineage(bundle.tflite) == {"from": "tiny_int8 v9.9.9", "epochs_before": 4}
-    card = model_card("next", {"int8": compute_metrics(load(synthetic.val_npz).y, p_warm[-70:])},
-                      recipe={**recipe.__dict__, "epochs": 3, "extra": {"warm_start": warm_start_lineage(bundle.tflite)}})
-    assert "| warm start | weights of tiny_int8 v9.9.9 (4 epochs before this run, 7 in all) |" in card
+    # The epochs behind the bundle are those of the exported (best) epoch, not the 4 the run's recipe planned.
+    best = _best_epoch(trained.run)
+    assert warm_start_lineage(bundle.tflite) == {"from": "tiny_int8 v9.9.9", "epochs_before": best}
+    lineage = {"warm_start": warm_start_lineage(bundle.tflite)}
+    val_metrics = {"int8": compute_metrics(load(synthetic.val_npz).y, p_warm[-70:])}
+    card = model_card("next", val_metrics, recipe={**recipe.__dict__, "epochs": 3, "extra": lineage})
+    assert f"| warm start | weights of tiny_int8 v9.9.9 ({best} epochs before this run, {best + 3} in all) |" in card
+    # A next run stopped after 3 of its 5 planned epochs, exported at its epoch 2.
+    card = model_card("next", val_metrics, recipe={**recipe.__dict__, "epochs": 5, "extra": lineage},
+                      bundle={"model": {"epoch": 2, "epochs_run": 3}})
+    assert "| epochs run | 3; this model is epoch 2 |" in card
+    assert f"({best} epochs before this run, {best + 2} in all)" in card
 
     wider, _ = build(Recipe(**{**recipe.__dict__, "width": 0.5}))
     with pytest.raises(WarmStartError, match="width"):

@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--lr", type=_positive_float, metavar="LR", help="peak learning rate")
     f.add_argument("--limit", type=int, metavar="N", help="use at most N training faces (0 = all; for smoke runs)")
     f.add_argument("--seed", type=int, metavar="N")
+    f.add_argument("--swa-epochs", type=int, metavar="N", help="also average the weights of the last N epochs into RUN/swa.keras "
+                   "(BatchNorm statistics measured again; compare its val accuracy in RUN/swa.json with best.keras')")
     f.add_argument("--init-from", metavar="MODEL", help="start from this model's weights (same architecture): a .keras model, "
                    "e.g. runs/a/best.keras, or an exported bundle's .tflite, e.g. edge/models/deepfer_fernet_int8.tflite")
     f.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
@@ -112,7 +114,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 FLAG_FIELDS = {"data": "data", "val_data": "val_data", "epochs": "epochs", "arch": "arch", "width": "width",
                "weights": "weights", "batch_size": "batch_size", "lr": "lr", "limit": "limit", "seed": "seed",
-               "init_from": "init_from"}
+               "init_from": "init_from", "swa_epochs": "swa_epochs"}
 
 
 def recipe_from_args(args: argparse.Namespace):

@@ -67,6 +67,34 @@ def resolve_model(path: str | Path) -> Path:
     raise FileNotFoundError(f"{p}: not a run folder or a .keras model")
 
 
+def trained_epochs(model_path: Path) -> dict[str, Any]:
+    """Which epoch of its run a ``.keras`` model holds, from the run's ``history.csv`` (and ``swa.json``).
+
+    ``epoch`` (1-based) is what the model card and a later ``fit --init-from`` count as the epochs
+    behind the weights: a run whose schedule was stopped early, or whose best epoch came before the
+    end, has fewer than its recipe's ``epochs``.
+    """
+    run = model_path.parent
+    history = run / "history.csv"
+    if not history.is_file():
+        return {}
+    import csv
+
+    with history.open() as fh:
+        acc = [float(r["val_accuracy"]) if r.get("val_accuracy") else float("nan") for r in csv.DictReader(fh)]
+    info: dict[str, Any] = {"epochs_run": len(acc)}
+    if model_path.name == "best.keras" and acc:
+        # ModelCheckpoint(save_best_only) keeps the first epoch that reached the maximum.
+        info["epoch"] = int(np.nanargmax(acc)) + 1
+    elif model_path.name == "model.keras":
+        info["epoch"] = len(acc)
+    elif model_path.name == "swa.keras" and (run / "swa.json").is_file():
+        averaged = json.loads((run / "swa.json").read_text()).get("epochs_averaged") or []
+        if averaged:
+            info["epoch"], info["averaged_epochs"] = int(max(averaged)), averaged
+    return info
+
+
 def run_recipe(model_path: Path) -> dict[str, Any]:
     """The ``recipe.json`` beside a run's model, or {} when the model stands alone."""
     recipe = model_path.parent / "recipe.json"
@@ -424,7 +452,8 @@ def export(
                 "training_data": td,
                 "calibration": {"n": 0 if calib is None else int(len(calib)), "source": td.get("source", "")},
                 "recipe": recipe,
-                "model": {"file": model_path.name, "parameters": int(keras_model.count_params())},
+                "model": {"file": model_path.name, "parameters": int(keras_model.count_params()),
+                          **trained_epochs(model_path)},
                 "created": datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
                 "latency_ms_per_face": None if latency is None else round(latency, 3),
                 "latency_host": f"{_host()}, {clf.runtime}, 1 thread",

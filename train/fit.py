@@ -4,7 +4,8 @@ A run folder holds everything needed to reproduce or continue a run:
 ``recipe.json`` (every setting and the seed), ``backup/`` (Keras
 BackupAndRestore state, so ``--resume`` continues mid-schedule),
 ``best.keras`` (best validation accuracy so far), ``history.csv`` and, at the
-end, ``model.keras``.
+end, ``model.keras`` (and ``swa.keras``, the average of the last epochs, when
+the recipe's ``swa_epochs`` asks for it).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class Recipe:
     limit: int = 0  # use at most this many training faces (0 = all); for smoke tests
     init_from: str = ""  # start from this .keras model's or exported .tflite bundle's weights (same architecture): a second, warm-restarted cycle
     holdout: float = 0.1  # fraction held out when no val_data is given
+    swa_epochs: int = 0  # average the weights of the last N epochs into swa.keras (0 = off); see train.swa
     extra: dict = field(default_factory=dict)
 
     @property
@@ -93,17 +95,23 @@ def load_splits(recipe: Recipe) -> tuple[FaceSet, FaceSet]:
 def warm_start_lineage(init_from: Path) -> dict:
     """What a warm-started run continues: the earlier model, and the epochs behind it, for the model card."""
 
-    def epochs_behind(earlier: dict) -> int:
-        return int(earlier.get("epochs", 0)) + int((earlier.get("extra") or {}).get("warm_start", {}).get("epochs_before") or 0)
+    def epochs_behind(recipe: dict, epoch: int | None = None) -> int:
+        # The exported model's own epoch when the bundle records it (a run stopped early, or selected
+        # before its end, holds fewer epochs than its recipe planned), else the recipe's plan.
+        this_run = int(epoch or recipe.get("epochs", 0))
+        return this_run + int((recipe.get("extra") or {}).get("warm_start", {}).get("epochs_before") or 0)
 
     meta = init_from.with_suffix(".json")
     if init_from.suffix == ".tflite" and meta.is_file():
         bundle = json.loads(meta.read_text())
         return {"from": f"{bundle.get('name', init_from.stem)} v{bundle.get('version', '?')}",
-                "epochs_before": epochs_behind(bundle.get("recipe") or {})}
+                "epochs_before": epochs_behind(bundle.get("recipe") or {}, (bundle.get("model") or {}).get("epoch"))}
     recipe = init_from.parent / "recipe.json"
     if recipe.is_file():
-        return {"from": str(init_from), "epochs_before": epochs_behind(json.loads(recipe.read_text()))}
+        from train.export import trained_epochs
+
+        return {"from": str(init_from),
+                "epochs_before": epochs_behind(json.loads(recipe.read_text()), trained_epochs(init_from).get("epoch"))}
     return {"from": str(init_from), "epochs_before": None}
 
 
@@ -263,6 +271,10 @@ def _run_stage(model, recipe: Recipe, run: Path, stage: str, epochs: int, lr: fl
         keras.callbacks.CSVLogger(str(run / "history.csv"), append=True),
         EpochSummary(stage),
     ]
+    if recipe.swa_epochs and stage != "head":
+        from train import swa
+
+        callbacks.append(swa.callback(run, swa.first_epoch(epochs, recipe.swa_epochs)))
     model.fit(ds_train, validation_data=ds_val, epochs=epochs, callbacks=callbacks, verbose=verbose)
 
 
@@ -325,5 +337,9 @@ def fit(recipe: Recipe, run: Path, resume: bool = False, verbose: int = 1) -> Pa
     else:
         _run_stage(model, recipe, run, "train", recipe.epochs, recipe.lr, ds_train, ds_val, verbose)
     model.save(run / "model.keras")
+    if recipe.swa_epochs:
+        from train import swa
+
+        swa.finish(model, run, recipe.epochs, recipe.swa_epochs, ds_train, ds_val, _best_so_far(run / "history.csv"))
     best = run / "best.keras"
     return best if best.exists() else run / "model.keras"

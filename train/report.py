@@ -156,10 +156,16 @@ def model_card(
     if recipe:
         out += ["## Recipe", "", "| setting | value |", "|---|---|"]
         out += [f"| {k} | {recipe[k]} |" for k in RECIPE_KEYS if k in recipe]
+        trained = (bundle or {}).get("model") or {}
+        if trained.get("epoch"):
+            held = (f"the average of epochs {trained['averaged_epochs'][0]}-{trained['averaged_epochs'][-1]}"
+                    if trained.get("averaged_epochs") else f"epoch {trained['epoch']}")
+            out.append(f"| epochs run | {trained.get('epochs_run', '?')}; this model is {held} |")
         warm = (recipe.get("extra") or {}).get("warm_start")
         if warm:
             before = warm.get("epochs_before")
-            total = f" ({before} epochs before this run, {before + int(recipe.get('epochs', 0))} in all)" if before else ""
+            this_run = int(trained.get("epoch") or recipe.get("epochs", 0))
+            total = f" ({before} epochs before this run, {before + this_run} in all)" if before else ""
             out.append(f"| warm start | weights of {warm.get('from')}{total} |")
         out.append("")
     out += ["## Metrics", "", "| model | n | top-1 | top-2 | macro-F1 | weighted-F1 | ECE (15 bins) |", "|---|---|---|---|---|---|---|"]
