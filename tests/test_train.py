@@ -208,6 +208,32 @@ def test_batchnorm_update_is_the_plain_mean_over_batches() -> None:
 
 
 @pytest.mark.train
+def test_prior_correction_shifts_the_logits_by_the_weighted_log_prior() -> None:
+    import keras
+
+    from train.export import ExportError, prior_shift, with_prior_correction
+    from train.fit import Recipe, build
+
+    counts = dict(zip(EMOTIONS, (3995, 436, 4097, 7215, 4830, 3171, 4965)))  # FER2013 Training
+    shift = prior_shift(counts, 0.5)
+    prior = np.array(list(counts.values())) / sum(counts.values())
+    np.testing.assert_allclose(shift, 0.5 * np.log(prior), rtol=1e-6)
+    assert prior_shift(counts, 0.0) is None and prior_shift(None, 0.5) is None
+
+    model, _ = build(Recipe(width=0.25))
+    faces = np.random.default_rng(0).integers(0, 256, (4, 48, 48, 1)).astype(np.float32)
+    before = keras.ops.convert_to_numpy(model(faces, training=False))
+    after = keras.ops.convert_to_numpy(with_prior_correction(model, shift)(faces, training=False))
+    np.testing.assert_allclose(after - before, np.broadcast_to(shift, before.shape), atol=1e-5)
+    # Happy (the commonest class) gains against disgust (the rarest): the weights had pushed the other way.
+    assert shift[3] - shift[1] == pytest.approx(0.5 * np.log(7215 / 436))
+
+    plain = keras.Model(model.inputs[0], keras.layers.Dense(7, name="scores")(model.layers[-2].output))
+    with pytest.raises(ExportError, match="--no-prior-correction"):
+        with_prior_correction(plain, shift)
+
+
+@pytest.mark.train
 def test_fit_refuses_to_overwrite_a_run(trained: SimpleNamespace, synthetic: SimpleNamespace,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["fit", "--data", str(synthetic.train_npz), "--out", str(trained.run), "--verbose", "0"])
@@ -236,6 +262,9 @@ def test_bundle_json_fields(bundle: SimpleNamespace, trained: SimpleNamespace) -
     assert m["calibration"]["n"] == 50
     assert m["recipe"]["epochs"] == 4 and m["recipe"]["arch"] == "fernet"
     assert m["model"]["file"] == "best.keras" and m["model"]["epochs_run"] == 4
+    # Balanced synthetic classes: the prior correction is the same shift for every class (a no-op).
+    shift = m["prior_correction"]["logit_shift"]
+    assert m["prior_correction"]["class_weight_power"] == 0.5 and np.allclose(shift, 0.5 * np.log(1 / 7), atol=1e-4)
     assert m["model"]["epoch"] == _best_epoch(trained.run)
     assert datetime.fromisoformat(m["created"].replace("Z", "+00:00")).tzinfo is not None
     assert m["latency_ms_per_face"] > 0
@@ -387,13 +416,14 @@ def test_int8_drop_guard_refuses_and_writes_nothing(bundle: SimpleNamespace, tra
                         lambda model, faces: np.eye(len(EMOTIONS), dtype=np.float32)[shifted.y])
     out = tmp_path / "refused"
     with pytest.raises(export_mod.ExportError, match=r"int8 top-1 .* points below float 100.00% on shifted labels"):
-        export_mod.export(trained.run, out, "refused", load(synthetic.train_npz).x[:20], val=shifted, latency_runs=0)
+        export_mod.export(trained.run, out, "refused", load(synthetic.train_npz).x[:20], val=shifted, latency_runs=0,
+                          prior_correction=False)
     assert list(out.iterdir()) == []  # neither the bundle nor its staging folder
     # The same bundle passes when the float model is no better than int8 (here: wrong on every face).
     monkeypatch.setattr(export_mod, "float_predictions",
                         lambda model, faces: np.eye(len(EMOTIONS), dtype=np.float32)[(shifted.y + 1) % len(EMOTIONS)])
     export_mod.export(trained.run, tmp_path / "kept", "kept", load(synthetic.train_npz).x[:20], val=shifted,
-                      latency_runs=0, report=False)
+                      latency_runs=0, report=False, prior_correction=False)
     assert (tmp_path / "kept" / "kept.tflite").is_file()
     # Through the CLI the refusal is one line on stderr and exit status 1.
     monkeypatch.setattr(export_mod, "float_predictions",

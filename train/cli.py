@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--version", help="bundle version (default: today's date, YYYY.MM.DD)")
     x.add_argument("--max-int8-drop", type=float, default=1.0, metavar="POINTS",
                    help="fail when int8 top-1 is more than this many points below float (default 1.0)")
+    x.add_argument("--prior-correction", action=argparse.BooleanOptionalAction, default=True,
+                   help="undo the recipe's class weights in the logits, so scores are posteriors for the training "
+                        "class mix (default on; no effect when class_weight_power is 0)")
     x.add_argument("--flip-tta", action="store_true",
                    help="average each face with its mirror image inside the model: about +1 point top-1, twice the time per face")
     x.add_argument("--latency-runs", type=int, default=300, metavar="N", help="invokes for the latency median (0 = skip)")
@@ -220,7 +223,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = export(
         model_path, args.out, args.name, calib, int8=args.int8, val=val, version=args.version,
         max_drop=args.max_int8_drop, training_data=training_data, latency_runs=args.latency_runs,
-        flip_tta=args.flip_tta,
+        flip_tta=args.flip_tta, prior_correction=args.prior_correction,
     )
     print(out)
     return 0

@@ -161,6 +161,10 @@ def model_card(
             held = (f"the average of epochs {trained['averaged_epochs'][0]}-{trained['averaged_epochs'][-1]}"
                     if trained.get("averaged_epochs") else f"epoch {trained['epoch']}")
             out.append(f"| epochs run | {trained.get('epochs_run', '?')}; this model is {held} |")
+        prior = (bundle or {}).get("prior_correction")
+        if isinstance(prior, dict):
+            out.append(f"| prior correction | logits + {prior['class_weight_power']} x log(training class prior), "
+                       "undoing the class weights (folded into the logits bias) |")
         warm = (recipe.get("extra") or {}).get("warm_start")
         if warm:
             before = warm.get("epochs_before")
