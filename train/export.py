@@ -83,7 +83,7 @@ def trained_epochs(model_path: Path) -> dict[str, Any]:
     with history.open() as fh:
         acc = [float(r["val_accuracy"]) if r.get("val_accuracy") else float("nan") for r in csv.DictReader(fh)]
     info: dict[str, Any] = {"epochs_run": len(acc)}
-    if model_path.name == "best.keras" and acc:
+    if model_path.name == "best.keras" and not np.isnan(acc).all():
         # ModelCheckpoint(save_best_only) keeps the first epoch that reached the maximum.
         info["epoch"] = int(np.nanargmax(acc)) + 1
     elif model_path.name == "model.keras":
