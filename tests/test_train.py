@@ -234,6 +234,29 @@ def test_prior_correction_shifts_the_logits_by_the_weighted_log_prior() -> None:
 
 
 @pytest.mark.train
+def test_learning_rate_schedules() -> None:
+    import keras
+
+    from train.fit import _schedule
+
+    def rates(kind: str) -> list[float]:
+        sched = _schedule(1e-3, total_steps=100, warmup_steps=10, kind=kind)
+        return [float(keras.ops.convert_to_numpy(sched(step))) for step in (0, 5, 10, 55, 100)]
+
+    cosine, constant = rates("cosine"), rates("constant")
+    assert cosine[0] == constant[0] == 0.0 and cosine[1] == pytest.approx(5e-4) == constant[1]  # the same warmup
+    assert cosine[2] == pytest.approx(1e-3) and cosine[4] == pytest.approx(1e-5)  # then down to 1% of the peak
+    assert constant[2:] == pytest.approx([1e-3] * 3)  # or held at the peak, for weight averaging
+
+
+def test_unknown_lr_schedule_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "r.toml"
+    bad.write_text('data = "x.npz"\nlr_schedule = "step"\n')
+    assert main(["fit", "--out", str(tmp_path / "run"), "--recipe", str(bad)]) == 2
+    assert "lr_schedule 'step': choose one of cosine, constant" in capsys.readouterr().err
+
+
+@pytest.mark.train
 def test_fit_refuses_to_overwrite_a_run(trained: SimpleNamespace, synthetic: SimpleNamespace,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["fit", "--data", str(synthetic.train_npz), "--out", str(trained.run), "--verbose", "0"])

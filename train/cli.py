@@ -40,6 +40,8 @@ def _positive_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from train.fit import LR_SCHEDULES  # numpy only: --help stays TensorFlow-free
+
     p = argparse.ArgumentParser(
         prog="deepfer-train",
         description="Train the DeepFER emotion model, evaluate it and export the int8 bundle the daemon runs.",
@@ -59,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--weights", metavar="none|imagenet|PATH", help="backbone weights for keras.applications archs: none, imagenet or a .h5/.weights.h5 path")
     f.add_argument("--batch-size", type=_positive_int, metavar="N")
     f.add_argument("--lr", type=_positive_float, metavar="LR", help="peak learning rate")
+    f.add_argument("--lr-schedule", choices=tuple(LR_SCHEDULES),
+                   help="cosine (default): decay to 1%% of --lr; constant: --lr after the warmup, for --swa-epochs")
     f.add_argument("--limit", type=int, metavar="N", help="use at most N training faces (0 = all; for smoke runs)")
     f.add_argument("--seed", type=int, metavar="N")
     f.add_argument("--swa-epochs", type=int, metavar="N", help="also average the weights of the last N epochs into RUN/swa.keras "
@@ -116,7 +120,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 FLAG_FIELDS = {"data": "data", "val_data": "val_data", "epochs": "epochs", "arch": "arch", "width": "width",
-               "weights": "weights", "batch_size": "batch_size", "lr": "lr", "limit": "limit", "seed": "seed",
+               "weights": "weights", "batch_size": "batch_size", "lr": "lr", "lr_schedule": "lr_schedule", "limit": "limit", "seed": "seed",
                "init_from": "init_from", "swa_epochs": "swa_epochs"}
 
 
@@ -150,6 +154,10 @@ def recipe_from_args(args: argparse.Namespace):
         raise UsageError("fit needs training data: --data PATH (or data = \"...\" in --recipe)")
     if recipe.arch not in ARCHS:
         raise UsageError(f"recipe arch {recipe.arch!r}: choose one of {', '.join(ARCHS)}")
+    from train.fit import LR_SCHEDULES
+
+    if recipe.lr_schedule not in LR_SCHEDULES:
+        raise UsageError(f"recipe lr_schedule {recipe.lr_schedule!r}: choose one of {', '.join(LR_SCHEDULES)}")
     return recipe
 
 

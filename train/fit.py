@@ -41,6 +41,7 @@ class Recipe:
     head_epochs: int = 3  # stage 1 (frozen backbone) when weights are pretrained
     batch_size: int = 128
     lr: float = 2e-3
+    lr_schedule: str = "cosine"  # cosine: warmup, then cosine decay to 1% | constant: warmup, then lr throughout (for --swa-epochs)
     fine_tune_lr: float = 3e-4
     weight_decay: float = 5e-4
     warmup_epochs: float = 1.0
@@ -199,13 +200,16 @@ def build(recipe: Recipe):
     )
 
 
-def _schedule(lr: float, total_steps: int, warmup_steps: int):
+LR_SCHEDULES = {"cosine": 0.01, "constant": 1.0}  # the share of the peak rate the schedule ends at
+
+
+def _schedule(lr: float, total_steps: int, warmup_steps: int, kind: str = "cosine"):
     import keras
 
     return keras.optimizers.schedules.CosineDecay(
         0.0 if warmup_steps else lr,
         decay_steps=max(1, total_steps - warmup_steps),
-        alpha=0.01,
+        alpha=LR_SCHEDULES[kind],
         warmup_target=lr if warmup_steps else None,
         warmup_steps=warmup_steps,
     )
@@ -216,7 +220,7 @@ def _compile(model, recipe: Recipe, lr: float, epochs: int, steps_per_epoch: int
 
     warmup = int(recipe.warmup_epochs * steps_per_epoch)
     model.compile(
-        optimizer=keras.optimizers.AdamW(_schedule(lr, epochs * steps_per_epoch, warmup), weight_decay=recipe.weight_decay),
+        optimizer=keras.optimizers.AdamW(_schedule(lr, epochs * steps_per_epoch, warmup, recipe.lr_schedule), weight_decay=recipe.weight_decay),
         loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=recipe.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"), keras.metrics.TopKCategoricalAccuracy(2, name="top2")],
     )
