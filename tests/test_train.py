@@ -349,6 +349,9 @@ def test_init_from_an_exported_bundle_recovers_the_float_model(bundle: SimpleNam
     assert (p_warm.argmax(1) == p_float.argmax(1)).mean() >= 0.9
     assert np.abs(p_warm - p_float).max() < 0.15
     assert not np.allclose(keras.ops.convert_to_numpy(keras.ops.softmax(fresh)), p_float, atol=0.15)
+    # Export folded the prior correction into the logits bias; the warm start takes it back out.
+    trained_bias = keras.models.load_model(trained.run / "best.keras", compile=False).get_layer("logits").get_weights()[1]
+    np.testing.assert_allclose(model.get_layer("logits").get_weights()[1], trained_bias, atol=0.05)
     # Training mode normalises with batch statistics: the unfolded BatchNorm leaves the function as it was,
     # so training starts from the exported model, not from a renormalised one.
     model.get_layer("dropout").rate = 0.0

@@ -116,4 +116,20 @@ def load_tflite_weights(model, path: Path, sample: np.ndarray) -> None:
         per_channel = act.reshape(-1, act.shape[-1])
         mean, var = per_channel.mean(axis=0), per_channel.var(axis=0)
         bn.set_weights([np.sqrt(var + bn.epsilon), mean + biases[name], mean, var])
+    _undo_prior_correction(model, Path(path))
     log.info("weights of %d layers loaded from %s; BatchNorm statistics from %d faces", len(weighted), path, len(sample))
+
+
+def _undo_prior_correction(model, path: Path) -> None:
+    """Take export's prior correction back out of the logits bias: training re-applies the class
+    weights the correction undid, so leaving it in would start from a shifted head."""
+    import json
+
+    meta = path.with_suffix(".json")
+    prior = json.loads(meta.read_text()).get("prior_correction") if meta.is_file() else None
+    if not isinstance(prior, dict):
+        return
+    logits = model.get_layer("logits")
+    kernel, bias = logits.get_weights()
+    logits.set_weights([kernel, bias - np.asarray(prior["logit_shift"], bias.dtype)])
+    log.info("prior correction of %s taken out of the logits bias", path.name)
