@@ -391,8 +391,16 @@ def test_flip_tta_bundle_averages_the_face_and_its_mirror(bundle: SimpleNamespac
     tta = tmp_path / "tiny_tta.tflite"
     meta = json.loads(tta.with_suffix(".json").read_text())
     assert meta["test_time_augmentation"] == "flip" and bundle.meta["test_time_augmentation"] == "none"
-    # The float side is scored as probabilities, not put through a second softmax (which would flatten them).
-    assert meta["metrics"]["float"]["ece"] < 0.2
+    # The float side is scored as probabilities, not put through a second softmax: that flattened them
+    # towards 1/7 (ECE 0.43 when it happened). Averaging probabilities only calibrates them better.
+    import keras
+
+    from train.evaluate import outputs_probabilities
+    from train.export import with_flip_average, with_softmax
+
+    tta_model = with_flip_average(with_softmax(keras.models.load_model(trained.run / "best.keras", compile=False)))
+    assert outputs_probabilities(tta_model)
+    assert meta["metrics"]["float"]["ece"] < bundle.meta["metrics"]["float"]["ece"] + 0.1
     assert float_ops(tta) == []
     assert "mirror image" in (tmp_path / "tiny_tta.md").read_text()
 
