@@ -74,14 +74,14 @@ def trained_epochs(model_path: Path) -> dict[str, Any]:
     behind the weights: a run whose schedule was stopped early, or whose best epoch came before the
     end, has fewer than its recipe's ``epochs``.
     """
+    from train.report import read_history
+
     run = model_path.parent
     history = run / "history.csv"
     if not history.is_file():
         return {}
-    import csv
-
-    with history.open() as fh:
-        acc = [float(r["val_accuracy"]) if r.get("val_accuracy") else float("nan") for r in csv.DictReader(fh)]
+    cols = read_history(history)
+    acc = cols.get("val_accuracy") or [float("nan")] * len(cols.get("epoch", []))
     info: dict[str, Any] = {"epochs_run": len(acc)}
     if model_path.name == "best.keras" and not np.isnan(acc).all():
         # ModelCheckpoint(save_best_only) keeps the first epoch that reached the maximum.

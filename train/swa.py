@@ -1,8 +1,9 @@
 """Stochastic weight averaging over the last epochs of a run (Izmailov et al., 2018).
 
 The weights at the end of each of the run's last ``swa_epochs`` epochs are
-averaged; an average of points along the low-learning-rate end of the cosine
-cycle sits nearer the centre of the minimum than any one of them and usually
+averaged. Points along a flat stretch of training (the low-rate end of a cosine
+cycle, or a constant rate: ``--lr-schedule constant``) scatter around a minimum;
+their average sits nearer its centre than any one of them and usually
 generalises a little better, at no cost at inference (the network is the same).
 BatchNorm's moving statistics do not average meaningfully, so they are measured
 again on training batches afterwards, as a cumulative mean (PyTorch's

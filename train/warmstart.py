@@ -21,6 +21,7 @@ recipe from the bundle's ``.json``.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -123,8 +124,6 @@ def load_tflite_weights(model, path: Path, sample: np.ndarray) -> None:
 def _undo_prior_correction(model, path: Path) -> None:
     """Take export's prior correction back out of the logits bias: training re-applies the class
     weights the correction undid, so leaving it in would start from a shifted head."""
-    import json
-
     meta = path.with_suffix(".json")
     prior = json.loads(meta.read_text()).get("prior_correction") if meta.is_file() else None
     if not isinstance(prior, dict):
