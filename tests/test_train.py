@@ -249,6 +249,59 @@ def test_learning_rate_schedules() -> None:
     assert constant[2:] == pytest.approx([1e-3] * 3)  # or held at the peak, for weight averaging
 
 
+@pytest.mark.train
+def test_mixup_blends_faces_targets_and_weights_by_one_share_each() -> None:
+    import tensorflow as tf
+
+    from train.fit import mixup
+
+    n = len(EMOTIONS)
+    x = tf.constant(np.arange(n, dtype=np.float32)[:, None, None, None] * np.ones((1, 48, 48, 1), np.float32))
+    y = tf.one_hot(np.arange(n), n)
+    w = tf.constant(np.arange(1, n + 1, dtype=np.float32))
+    tf.random.set_seed(3)
+    shares = []
+    for _ in range(20):
+        mx, my, mw = (t.numpy() for t in mixup(x, y, w, 0.4))
+        np.testing.assert_allclose(my.sum(axis=1), 1.0, rtol=1e-6)
+        for k in range(n):
+            own = my[k, k]
+            assert own >= 0.5  # each blend stays mostly its own face, and keeps its class
+            partner = [j for j in range(n) if j != k and my[k, j] > 0]
+            j = partner[0] if partner else k
+            assert mx[k].min() == mx[k].max() == pytest.approx(own * k + (1 - own) * j, abs=1e-4)
+            assert mw[k] == pytest.approx(own * (k + 1) + (1 - own) * (j + 1), abs=1e-4)
+            shares.append(own)
+    assert 0.5 < np.mean(shares) < 0.95 and np.std(shares) > 0.05  # a real spread of shares, not a fixed blend
+
+
+@pytest.mark.train
+def test_recipe_mixup_reaches_the_training_batches_only() -> None:
+    import dataclasses
+
+    from train.fit import Recipe, make_datasets
+
+    rng = np.random.default_rng(0)
+    faces = FaceSet(rng.integers(0, 256, (64, 48, 48), dtype=np.uint8), (np.arange(64) % 7).astype(np.uint8), "noise")
+    plain = Recipe(batch_size=64, flip=False, rotation_deg=0, zoom=0, translate=0, brightness=0, contrast=0)
+
+    def batches(recipe: Recipe):
+        ds_train, ds_val, _ = make_datasets(recipe, faces, faces)
+        return next(iter(ds_train)), next(iter(ds_val))
+
+    (x0, y0, _), _ = batches(plain)
+    (x1, y1, _), (_, yv) = batches(dataclasses.replace(plain, mixup=0.4))
+    assert set(np.unique(y0.numpy())) == {0.0, 1.0}  # one-hot without mixup
+    assert (y1.numpy().max(axis=1) < 1.0).mean() > 0.5  # blended targets with it
+    assert set(np.unique(yv.numpy())) == {0.0, 1.0}  # validation is never blended
+    assert not np.allclose(x0.numpy(), x1.numpy())
+
+
+def test_negative_mixup_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["fit", "--out", str(tmp_path / "run"), "--data", "x.npz", "--mixup", "-0.2"]) == 2
+    assert "mixup -0.2: must be 0 (off) or above" in capsys.readouterr().err
+
+
 def test_unknown_lr_schedule_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "r.toml"
     bad.write_text('data = "x.npz"\nlr_schedule = "step"\n')

@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, metavar="N")
     f.add_argument("--swa-epochs", type=int, metavar="N", help="also average the weights of the last N epochs into RUN/swa.keras "
                    "(BatchNorm statistics measured again; compare its val accuracy in RUN/swa.json with best.keras')")
+    f.add_argument("--mixup", type=float, metavar="ALPHA",
+                   help="blend pairs of training faces and their targets, share ~ Beta(ALPHA, ALPHA) (e.g. 0.2; 0 = off)")
     f.add_argument("--init-from", metavar="MODEL", help="start from this model's weights (same architecture): a .keras model, "
                    "e.g. runs/a/best.keras, or an exported bundle's .tflite, e.g. edge/models/deepfer_fernet_int8.tflite")
     f.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
@@ -121,7 +123,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 FLAG_FIELDS = {"data": "data", "val_data": "val_data", "epochs": "epochs", "arch": "arch", "width": "width",
                "weights": "weights", "batch_size": "batch_size", "lr": "lr", "lr_schedule": "lr_schedule", "limit": "limit", "seed": "seed",
-               "init_from": "init_from", "swa_epochs": "swa_epochs"}
+               "init_from": "init_from", "swa_epochs": "swa_epochs", "mixup": "mixup"}
 
 
 def recipe_from_args(args: argparse.Namespace):
@@ -156,6 +158,8 @@ def recipe_from_args(args: argparse.Namespace):
         raise UsageError(f"recipe arch {recipe.arch!r}: choose one of {', '.join(ARCHS)}")
     from train.fit import LR_SCHEDULES
 
+    if recipe.mixup < 0:
+        raise UsageError(f"recipe mixup {recipe.mixup}: must be 0 (off) or above (e.g. 0.2)")
     if recipe.lr_schedule not in LR_SCHEDULES:
         raise UsageError(f"recipe lr_schedule {recipe.lr_schedule!r}: choose one of {', '.join(LR_SCHEDULES)}")
     return recipe

@@ -56,6 +56,7 @@ class Recipe:
     flip: bool = True
     brightness: float = 0.25
     contrast: float = 0.25
+    mixup: float = 0.0  # Beta(a, a) of mixup (blend pairs of faces and their targets); 0 = off
     seed: int = 1337
     limit: int = 0  # use at most this many training faces (0 = all); for smoke tests
     init_from: str = ""  # start from this .keras model's or exported .tflite bundle's weights (same architecture): a second, warm-restarted cycle
@@ -152,6 +153,28 @@ def augmentation(recipe: Recipe, seed: int | None = None):
     return keras.Sequential(steps, name="augment")
 
 
+def mixup(x, y, w, alpha: float):
+    """Blend each face of a batch with another one of the same batch (Zhang et al., 2018).
+
+    One Beta(alpha, alpha) share per face, folded to >= 0.5 so that every
+    blend stays mostly its own face; targets and class weights blend by the
+    same share. A regulariser for a small net that otherwise learns the
+    training faces by heart (train accuracy 0.81 against 0.66 on val).
+    """
+    import tensorflow as tf
+
+    n = tf.shape(x)[0]
+    g1 = tf.random.gamma([n], alpha)
+    g2 = tf.random.gamma([n], alpha)
+    lam = g1 / tf.maximum(g1 + g2, 1e-12)
+    lam = tf.maximum(lam, 1.0 - lam)
+    other = tf.random.shuffle(tf.range(n))
+    x = lam[:, None, None, None] * x + (1.0 - lam[:, None, None, None]) * tf.gather(x, other)
+    y = lam[:, None] * y + (1.0 - lam[:, None]) * tf.gather(y, other)
+    w = lam * w + (1.0 - lam) * tf.gather(w, other)
+    return x, y, w
+
+
 def make_datasets(recipe: Recipe, train: FaceSet, val: FaceSet, epochs_done: int = 0):
     """Training and validation pipelines; ``epochs_done`` > 0 (a resumed run) moves the shuffle and
     augmentation seeds on, so the run does not replay the face order of its first epochs."""
@@ -171,7 +194,10 @@ def make_datasets(recipe: Recipe, train: FaceSet, val: FaceSet, epochs_done: int
         x = tf.clip_by_value(aug(x, training=True), 0.0, 255.0)
         # Sample weights rather than Keras' class_weight: the latter does not
         # combine with one-hot targets (which label smoothing needs).
-        return x, y, tf.gather(w_table, tf.argmax(y, axis=-1))
+        w = tf.gather(w_table, tf.argmax(y, axis=-1))
+        if recipe.mixup:
+            x, y, w = mixup(x, y, w, recipe.mixup)
+        return x, y, w
 
     ds_train = (
         tf.data.Dataset.from_tensor_slices((train.x, train.y))
