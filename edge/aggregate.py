@@ -15,7 +15,8 @@ from edge.protocols import Message
 from edge.settings import EventsSettings
 from edge.tracker import Track, TrackEvent
 
-STAGES = ("capture", "detect", "classify", "publish", "total")
+# "infer" is the model alone, per face: the part of "classify" left once the crops are made.
+STAGES = ("capture", "detect", "classify", "infer", "publish", "total")
 
 
 @dataclass

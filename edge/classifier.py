@@ -7,6 +7,7 @@ bundle exported by ``deepfer-train export`` (int8 or uint8 input/output) works.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,8 @@ class TFLiteClassifier:
                 f"({', '.join(bundle.labels)}); use the .json exported with this model"
             )
         self._logits = bundle.meta.get("output", "probabilities") == "logits"
+        # Seconds per face of the model itself (set tensor, invoke, read back) in the last call.
+        self.last_infer_s: float | None = None
         # Input quantisation folded into one affine map on uint8 pixels.
         self._quant_identity = self._in_dtype == np.uint8 and self._in_scale in (0.0, 1.0) and self._in_zero == 0
         log.info(
@@ -153,10 +156,16 @@ class TFLiteClassifier:
         """Scores for face tensors (N, S, S, C) uint8, as prepared by :mod:`edge.preprocess`."""
         scores = np.empty((len(faces), len(self.labels)), np.float32)
         q = self.quantize(faces)
+        infer = 0.0
         for i in range(len(faces)):
+            t0 = time.perf_counter()
             self._interp.set_tensor(self._in_index, q[i : i + 1])
             self._interp.invoke()
-            scores[i] = self.dequantize(self._interp.get_tensor(self._out_index)[0])
+            raw = self._interp.get_tensor(self._out_index)[0]
+            infer += time.perf_counter() - t0
+            scores[i] = self.dequantize(raw)
+        if len(faces):
+            self.last_infer_s = infer / len(faces)
         return scores
 
     def classify(self, gray_frame: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
