@@ -464,6 +464,11 @@ def test_flip_tta_bundle_averages_the_face_and_its_mirror(bundle: SimpleNamespac
     got = both.predict_tensors(faces)
     assert np.abs(got - expected).max() < 0.1  # two int8 models calibrated apart: close, not equal
     assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.9
+    # The float wrapper pairs each face of a whole batch with its own mirror image (one batch of 2N inside).
+    base = with_softmax(keras.models.load_model(trained.run / "best.keras", compile=False))
+    x = faces.astype(np.float32)
+    pair_mean = (base.predict(x, verbose=0) + base.predict(x[:, :, ::-1], verbose=0)) / 2
+    np.testing.assert_allclose(tta_model.predict(x, batch_size=16, verbose=0), pair_mean, atol=1e-5)
 
 
 @pytest.mark.train
