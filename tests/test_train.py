@@ -297,6 +297,77 @@ def test_recipe_mixup_reaches_the_training_batches_only() -> None:
     assert not np.allclose(x0.numpy(), x1.numpy())
 
 
+@pytest.mark.train
+def test_distillation_targets_blend_teacher_and_label_and_weigh_by_the_label() -> None:
+    from train.fit import Recipe, class_weights, make_datasets
+
+    rng = np.random.default_rng(1)
+    y = (np.arange(64) % 7).astype(np.uint8)
+    soft = rng.dirichlet(np.ones(7), size=64).astype(np.float32)
+    faces = FaceSet(rng.integers(0, 256, (64, 48, 48), dtype=np.uint8), y, "noise", soft)
+    recipe = Recipe(batch_size=64, flip=False, rotation_deg=0, zoom=0, translate=0, brightness=0, contrast=0,
+                    teacher="t.npz", teacher_weight=0.7)
+    ds_train, ds_val, weights = make_datasets(recipe, faces, FaceSet(faces.x, faces.y, "val"))
+    x, target, w = (t.numpy() for t in next(iter(ds_train)))
+    # Shuffled: find each row again by its pixels.
+    rows = [int(np.flatnonzero((faces.x == xi[:, :, 0].astype(np.uint8)).all(axis=(1, 2)))[0]) for xi in x]
+    np.testing.assert_allclose(target, 0.3 * np.eye(7)[y[rows]] + 0.7 * soft[rows], atol=1e-6)
+    # The class weight follows the face's own label even where the teacher's favourite class differs.
+    np.testing.assert_allclose(w, [weights[int(y[r])] for r in rows], rtol=1e-6)
+    assert set(np.unique(next(iter(ds_val))[1].numpy())) == {0.0, 1.0}
+
+
+def test_teacher_targets_must_match_the_training_rows(tmp_path: Path) -> None:
+    from train.data import DataError, with_teacher
+
+    faces = FaceSet(np.zeros((10, 48, 48), np.uint8), (np.arange(10) % 7).astype(np.uint8), "ten")
+    np.savez(tmp_path / "t.npz", probs=np.full((10, 7), 1 / 7, np.float32), y=faces.y[::-1])
+    with pytest.raises(DataError, match="do not match the 10 faces of ten row for row"):
+        with_teacher(faces, tmp_path / "t.npz")
+    np.savez(tmp_path / "bad.npz", something=np.zeros(3))
+    with pytest.raises(DataError, match="tools/teacher_targets.py"):
+        with_teacher(faces, tmp_path / "bad.npz")
+    np.savez(tmp_path / "ok.npz", probs=np.full((10, 7), 1 / 7, np.float32), y=faces.y)
+    assert with_teacher(faces, tmp_path / "ok.npz").take(4, 0).soft.shape == (4, 7)
+
+
+@pytest.mark.train
+def test_teacher_targets_tool_then_a_distilled_fit(bundle: SimpleNamespace, synthetic: SimpleNamespace,
+                                                  tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    import teacher_targets
+
+    out = tmp_path / "teacher.npz"
+    assert teacher_targets.main([str(bundle.tflite), "--data", str(synthetic.train_npz), "--out", str(out)]) == 0
+    z = np.load(out)
+    data = load(synthetic.train_npz)
+    assert z["probs"].shape == (len(data), 7) and np.array_equal(z["y"], data.y)
+    np.testing.assert_allclose(z["probs"].sum(axis=1), 1.0, atol=1e-4)
+    # In the training space: the bundle's prior correction is taken back out of its probabilities.
+    shift = np.asarray(bundle.meta["prior_correction"]["logit_shift"])
+    from edge.bundle import load_bundle
+    from edge.classifier import TFLiteClassifier
+    from edge.settings import ClassifierSettings
+    from train.evaluate import softmax
+
+    clf = TFLiteClassifier(load_bundle(bundle.tflite), ClassifierSettings())
+    x = data.x[..., None]
+    mirrored = (clf.predict_tensors(x) + clf.predict_tensors(np.ascontiguousarray(x[:, :, ::-1]))) / 2
+    np.testing.assert_allclose(z["probs"], softmax(np.log(np.maximum(mirrored, 1e-12)) - shift), atol=1e-4)
+
+    run = tmp_path / "distilled"
+    assert main(["fit", "--data", str(synthetic.train_npz), "--val-data", str(synthetic.val_npz), "--out", str(run),
+                 "--recipe", str(synthetic.toml), "--epochs", "1", "--teacher", str(out), "--teacher-weight", "0.6",
+                 "--verbose", "0"]) == 0
+    recipe = json.loads((run / "recipe.json").read_text())
+    assert recipe["teacher"] == str(out) and recipe["teacher_weight"] == 0.6 and (run / "model.keras").is_file()
+
+
+def test_teacher_weight_outside_0_1_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["fit", "--out", str(tmp_path / "run"), "--data", "x.npz", "--teacher-weight", "1.5"]) == 2
+    assert "teacher_weight 1.5: must be between 0 and 1" in capsys.readouterr().err
+
+
 def test_negative_mixup_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["fit", "--out", str(tmp_path / "run"), "--data", "x.npz", "--mixup", "-0.2"]) == 2
     assert "mixup -0.2: must be 0 (off) or above" in capsys.readouterr().err

@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(BatchNorm statistics measured again; compare its val accuracy in RUN/swa.json with best.keras')")
     f.add_argument("--mixup", type=float, metavar="ALPHA",
                    help="blend pairs of training faces and their targets, share ~ Beta(ALPHA, ALPHA) (e.g. 0.2; 0 = off)")
+    f.add_argument("--teacher", metavar="NPZ",
+                   help="distil: soft targets for the --data faces, row for row (tools/teacher_targets.py writes them)")
+    f.add_argument("--teacher-weight", type=float, metavar="W",
+                   help="share of the teacher's probabilities in each target, 0..1 (default 0.5; the rest is the label)")
     f.add_argument("--init-from", metavar="MODEL", help="start from this model's weights (same architecture): a .keras model, "
                    "e.g. runs/a/best.keras, or an exported bundle's .tflite, e.g. edge/models/deepfer_fernet_int8.tflite")
     f.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
@@ -123,7 +127,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 FLAG_FIELDS = {"data": "data", "val_data": "val_data", "epochs": "epochs", "arch": "arch", "width": "width",
                "weights": "weights", "batch_size": "batch_size", "lr": "lr", "lr_schedule": "lr_schedule", "limit": "limit", "seed": "seed",
-               "init_from": "init_from", "swa_epochs": "swa_epochs", "mixup": "mixup"}
+               "init_from": "init_from", "swa_epochs": "swa_epochs", "mixup": "mixup",
+               "teacher": "teacher", "teacher_weight": "teacher_weight"}
 
 
 def recipe_from_args(args: argparse.Namespace):
@@ -158,6 +163,8 @@ def recipe_from_args(args: argparse.Namespace):
         raise UsageError(f"recipe arch {recipe.arch!r}: choose one of {', '.join(ARCHS)}")
     from train.fit import LR_SCHEDULES
 
+    if not 0.0 <= recipe.teacher_weight <= 1.0:
+        raise UsageError(f"recipe teacher_weight {recipe.teacher_weight}: must be between 0 and 1")
     if recipe.mixup < 0:
         raise UsageError(f"recipe mixup {recipe.mixup}: must be 0 (off) or above (e.g. 0.2)")
     if recipe.lr_schedule not in LR_SCHEDULES:
@@ -181,7 +188,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         from train.data import DataError
 
         # Fail before TensorFlow starts (seconds) rather than after.
-        for flag, path in (("--data", recipe.data), ("--val-data", recipe.val_data)):
+        for flag, path in (("--data", recipe.data), ("--val-data", recipe.val_data), ("--teacher", recipe.teacher)):
             if path and not Path(path).exists():
                 raise DataError(f"{flag} {path}: no such file or folder")
     best = fit(recipe, args.out, resume=args.resume, verbose=args.verbose)

@@ -46,12 +46,16 @@ class FaceSet:
     x: np.ndarray  # (N, S, S) uint8
     y: np.ndarray  # (N,) int64, index into EMOTIONS
     source: str
+    soft: np.ndarray | None = None  # (N, len(EMOTIONS)) float32 teacher probabilities (distillation), or None
 
     def __post_init__(self) -> None:
         if len(self.x) == 0:
             raise DataError(f"{self.source}: the split is empty; check the file and the split name")
         if len(self.x) != len(self.y):
             raise DataError(f"{self.source}: {len(self.x)} images but {len(self.y)} labels")
+        if self.soft is not None and self.soft.shape != (len(self.y), len(EMOTIONS)):
+            raise DataError(f"{self.source}: teacher targets have shape {self.soft.shape}, "
+                            f"not ({len(self.y)}, {len(EMOTIONS)}); make them from this same data file")
         bad = (self.y < 0) | (self.y >= len(EMOTIONS))
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
@@ -71,7 +75,10 @@ class FaceSet:
         if n >= len(self):
             return self
         idx = np.random.default_rng(seed).choice(len(self), size=n, replace=False)
-        return FaceSet(self.x[idx], self.y[idx], f"{self.source}[{n}]")
+        return self.subset(idx, f"{self.source}[{n}]")
+
+    def subset(self, idx: np.ndarray, source: str) -> "FaceSet":
+        return FaceSet(self.x[idx], self.y[idx], source, None if self.soft is None else self.soft[idx])
 
 
 def _resize_all(x: np.ndarray, size: int) -> np.ndarray:
@@ -190,7 +197,19 @@ def split_off(data: FaceSet, fraction: float, seed: int) -> tuple[FaceSet, FaceS
     v = np.concatenate(val_idx)
     mask = np.ones(len(data), bool)
     mask[v] = False
-    return (
-        FaceSet(data.x[mask], data.y[mask], f"{data.source}[train]"),
-        FaceSet(data.x[v], data.y[v], f"{data.source}[holdout]"),
-    )
+    return data.subset(mask, f"{data.source}[train]"), data.subset(v, f"{data.source}[holdout]")
+
+
+def with_teacher(data: FaceSet, path: str | Path) -> FaceSet:
+    """Attach the soft targets that ``tools/teacher_targets.py`` wrote for this same data, row for row."""
+    p = Path(path)
+    try:
+        with np.load(p) as z:
+            probs, y = z["probs"].astype(np.float32), z["y"]
+    except (OSError, KeyError, ValueError) as exc:
+        raise DataError(f"teacher {p}: not a teacher-targets .npz with 'probs' and 'y' ({exc}); "
+                        "write one with tools/teacher_targets.py") from None
+    if len(y) != len(data) or not np.array_equal(y, data.y):
+        raise DataError(f"teacher {p}: its {len(y)} labels do not match the {len(data)} faces of {data.source} "
+                        "row for row; make the targets from the same --data file")
+    return FaceSet(data.x, data.y, data.source, probs)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.labels import EMOTIONS
-from train.data import FaceSet, load, split_off
+from train.data import FaceSet, load, split_off, with_teacher
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,8 @@ class Recipe:
     brightness: float = 0.25
     contrast: float = 0.25
     mixup: float = 0.0  # Beta(a, a) of mixup (blend pairs of faces and their targets); 0 = off
+    teacher: str = ""  # .npz of soft targets for the training faces (tools/teacher_targets.py): distillation
+    teacher_weight: float = 0.5  # share of the teacher's probabilities in the target (the rest: the label)
     seed: int = 1337
     limit: int = 0  # use at most this many training faces (0 = all); for smoke tests
     init_from: str = ""  # start from this .keras model's or exported .tflite bundle's weights (same architecture): a second, warm-restarted cycle
@@ -83,6 +85,8 @@ class Recipe:
 
 def load_splits(recipe: Recipe) -> tuple[FaceSet, FaceSet]:
     train = load(recipe.data, "train", recipe.input_size)
+    if recipe.teacher:
+        train = with_teacher(train, recipe.teacher)
     if recipe.val_data:
         val = load(recipe.val_data, recipe.val_split, recipe.input_size)
     elif Path(recipe.data).suffix == ".csv":
@@ -187,23 +191,30 @@ def make_datasets(recipe: Recipe, train: FaceSet, val: FaceSet, epochs_done: int
     aug = augmentation(recipe, seed)
 
     def prep(x, y):
-        x = tf.cast(x[..., None], tf.float32)
-        return x, tf.one_hot(y, n_cls)
+        return tf.cast(x[..., None], tf.float32), tf.one_hot(y, n_cls)
 
-    def augment(x, y):
-        x = tf.clip_by_value(aug(x, training=True), 0.0, 255.0)
+    def prep_train(x, y, soft=None):
+        x, target = prep(x, y)
+        if soft is not None:
+            # Distillation: the teacher averaged each face with its mirror image, so its targets
+            # hold for the flipped face too; the other augmentations move a face only slightly.
+            target = (1.0 - recipe.teacher_weight) * target + recipe.teacher_weight * soft
         # Sample weights rather than Keras' class_weight: the latter does not
-        # combine with one-hot targets (which label smoothing needs).
-        w = tf.gather(w_table, tf.argmax(y, axis=-1))
+        # combine with soft targets (label smoothing, distillation, mixup).
+        return x, target, tf.gather(w_table, tf.cast(y, tf.int32))
+
+    def augment(x, y, w):
+        x = tf.clip_by_value(aug(x, training=True), 0.0, 255.0)
         if recipe.mixup:
             x, y, w = mixup(x, y, w, recipe.mixup)
         return x, y, w
 
+    columns = (train.x, train.y) if train.soft is None else (train.x, train.y, train.soft)
     ds_train = (
-        tf.data.Dataset.from_tensor_slices((train.x, train.y))
+        tf.data.Dataset.from_tensor_slices(columns)
         .shuffle(len(train), seed=seed, reshuffle_each_iteration=True)
         .batch(recipe.batch_size, drop_remainder=False)
-        .map(prep, num_parallel_calls=tf.data.AUTOTUNE)
+        .map(prep_train, num_parallel_calls=tf.data.AUTOTUNE)
         .map(augment, num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
     )
