@@ -14,7 +14,6 @@ applies the correction once more.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -25,29 +24,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from train.data import FaceSet, load  # noqa: E402
 from train.evaluate import faces_for, load_predictor, softmax  # noqa: E402
+from train.warmstart import prior_logit_shift  # noqa: E402
 
 log = logging.getLogger("teacher_targets")
 
 
 def training_space(probs: np.ndarray, model: Path) -> np.ndarray:
     """Undo a bundle's prior correction: log p - shift, renormalised."""
-    meta = model.with_suffix(".json")
-    prior = json.loads(meta.read_text()).get("prior_correction") if model.suffix == ".tflite" and meta.is_file() else None
-    if not isinstance(prior, dict):
-        return probs
-    return softmax(np.log(np.maximum(probs, 1e-12)) - np.asarray(prior["logit_shift"], np.float64))
+    shift = prior_logit_shift(model)
+    return probs if shift is None else softmax(np.log(np.maximum(probs, 1e-12)) - shift)
 
 
-def teacher_probs(models: list[Path], data: FaceSet) -> np.ndarray:
-    total = None
+def teacher_probs(models: list[Path], data_path: str) -> tuple[FaceSet, np.ndarray]:
+    """The training faces (at the models' input size) and the teachers' mean probabilities on them."""
+    total, data = None, None
     for path in models:
         pred = load_predictor(path)
+        if data is None:
+            data = load(data_path, "train", pred.input_size)
+        elif data.x.shape[1] != pred.input_size:
+            raise SystemExit(f"{path} takes {pred.input_size}px faces but {models[0]} takes {data.x.shape[1]}px; "
+                             "teachers of one size only")
         x = faces_for(data, pred.channels)
         p = (pred.predict(x) + pred.predict(np.ascontiguousarray(x[:, :, ::-1]))) / 2
         p = training_space(p.astype(np.float64), path)
         total = p if total is None else total + p
         log.info("%s: top-1 %.4f on %d faces", path, float((p.argmax(1) == data.y).mean()), len(data))
-    return (total / len(models)).astype(np.float32)
+    return data, (total / len(models)).astype(np.float32)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,8 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, type=Path, help="output .npz (probs (N, 7) float32, y)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    data = load(args.data, "train", 48)
-    probs = teacher_probs(args.models, data)
+    data, probs = teacher_probs(args.models, args.data)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out, probs=probs, y=data.y, models=np.array([str(m) for m in args.models]))
     agree = float((probs.argmax(1) == data.y).mean())

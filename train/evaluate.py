@@ -57,7 +57,7 @@ def _emits_probabilities(layer: Any) -> bool:
         return True
     if isinstance(layer, keras.Model):
         return outputs_probabilities(layer)
-    if isinstance(layer, keras.layers.Average) or layer.name == "flip_average":  # e.g. export's flip test-time augmentation
+    if isinstance(layer, keras.layers.Average) or getattr(layer, "averages_probabilities", False):  # export's flip TTA
         inputs = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
         return all(_emits_probabilities(t._keras_history.operation) for t in inputs)  # noqa: SLF001 - layer graph lookup
     act = getattr(layer, "activation", None)

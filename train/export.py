@@ -213,6 +213,8 @@ def flip_average_layer():
     import keras
 
     class FlipAverage(keras.layers.Layer):
+        averages_probabilities = True  # train.evaluate: its output is probabilities when its input is
+
         def call(self, probs):
             pairs = keras.ops.reshape(probs, (2, -1, probs.shape[-1]))
             return keras.ops.mean(pairs, axis=0)

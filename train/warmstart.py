@@ -121,14 +121,20 @@ def load_tflite_weights(model, path: Path, sample: np.ndarray) -> None:
     log.info("weights of %d layers loaded from %s; BatchNorm statistics from %d faces", len(weighted), path, len(sample))
 
 
+def prior_logit_shift(path: Path) -> np.ndarray | None:
+    """The logit shift export's prior correction added to the bundle at ``path`` (its .json), or None."""
+    meta = path.with_suffix(".json")
+    prior = json.loads(meta.read_text()).get("prior_correction") if path.suffix == ".tflite" and meta.is_file() else None
+    return np.asarray(prior["logit_shift"], np.float64) if isinstance(prior, dict) else None
+
+
 def _undo_prior_correction(model, path: Path) -> None:
     """Take export's prior correction back out of the logits bias: training re-applies the class
     weights the correction undid, so leaving it in would start from a shifted head."""
-    meta = path.with_suffix(".json")
-    prior = json.loads(meta.read_text()).get("prior_correction") if meta.is_file() else None
-    if not isinstance(prior, dict):
+    shift = prior_logit_shift(path)
+    if shift is None:
         return
     logits = model.get_layer("logits")
     kernel, bias = logits.get_weights()
-    logits.set_weights([kernel, bias - np.asarray(prior["logit_shift"], bias.dtype)])
+    logits.set_weights([kernel, bias - shift.astype(bias.dtype)])
     log.info("prior correction of %s taken out of the logits bias", path.name)
