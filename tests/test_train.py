@@ -190,11 +190,54 @@ def test_weight_average_of_the_last_epochs(trained: SimpleNamespace) -> None:
     assert trained_epochs(run / "swa.keras") == {"epochs_run": 4, "epoch": 4, "averaged_epochs": [2, 3, 4]}
 
 
+def test_plain_batches_are_the_training_faces_unaugmented() -> None:
+    from train.batchnorm import plain_batches
+
+    x, y = synthetic_faces(3, seed=4)
+    faces = FaceSet(x, y, "gratings")
+    batches = plain_batches(faces, faces=15, batch_size=4, seed=0)
+    assert [b[0].shape for b in batches] == [(4, 48, 48, 1)] * 3 + [(3, 48, 48, 1)]
+    got = np.concatenate([b[0] for b in batches])[..., 0]
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, faces.take(15, 0).x.astype(np.float32))  # raw pixels, nothing jittered
+    assert len(plain_batches(faces, faces=1000, batch_size=21, seed=0)) == 1  # all 21 faces, once
+
+
+@pytest.mark.train
+def test_each_epoch_is_validated_with_batchnorm_statistics_of_plain_training_faces(
+        synthetic: SimpleNamespace, trained: SimpleNamespace) -> None:
+    """The statistics inference uses are measured on un-augmented faces before validation, so the
+    val accuracy in history.csv is that of the saved model as the daemon will run it."""
+    import keras
+
+    from train.batchnorm import plain_batches, update_batchnorm
+
+    run = trained.run
+    recipe = json.loads((run / "recipe.json").read_text())
+    assert recipe["bn_faces"] == 12800
+    last = keras.models.load_model(run / "model.keras", compile=False)
+    remeasured = keras.models.load_model(run / "model.keras", compile=False)
+    batches = plain_batches(load(synthetic.folder), recipe["bn_faces"], recipe["batch_size"], recipe["seed"])
+    assert update_batchnorm(remeasured, batches) == 4
+    bns = [layer.name for layer in last.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(bns) > 10
+    for name in bns:
+        for a, b in zip(last.get_layer(name).non_trainable_weights, remeasured.get_layer(name).non_trainable_weights):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5)
+
+    val = load(synthetic.val_npz)
+    best = keras.models.load_model(run / "best.keras", compile=False)
+    acc = float((best.predict(val.x[..., None].astype(np.float32), verbose=0).argmax(1) == val.y).mean())
+    lines = (run / "history.csv").read_text().splitlines()
+    col = lines[0].split(",").index("val_accuracy")
+    assert acc == pytest.approx(float(lines[_best_epoch(run)].split(",")[col]), abs=1e-6)
+
+
 @pytest.mark.train
 def test_batchnorm_update_is_the_plain_mean_over_batches() -> None:
     import keras
 
-    from train.swa import update_batchnorm
+    from train.batchnorm import update_batchnorm
 
     inp = keras.Input((3,))
     bn = keras.layers.BatchNormalization(momentum=0.9)
@@ -329,6 +372,33 @@ def test_teacher_targets_must_match_the_training_rows(tmp_path: Path) -> None:
         with_teacher(faces, tmp_path / "bad.npz")
     np.savez(tmp_path / "ok.npz", probs=np.full((10, 7), 1 / 7, np.float32), y=faces.y)
     assert with_teacher(faces, tmp_path / "ok.npz").take(4, 0).soft.shape == (4, 7)
+
+
+def test_ferplus_vote_targets_in_fer2013_order(tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    import ferplus_targets
+
+    from train.data import with_teacher
+
+    # FER+ columns: neutral, happiness, surprise, sadness, anger, disgust, fear, contempt, unknown, NF
+    votes = np.array([[0, 8, 2, 0, 0, 0, 0, 0, 0, 0],   # happy 8, surprise 2
+                      [1, 0, 0, 0, 6, 1, 0, 2, 0, 0],   # anger 6, disgust 1, neutral 1 (contempt dropped)
+                      [0, 0, 0, 0, 0, 0, 0, 3, 5, 2]],  # nothing that maps: the label, one-hot
+                     np.uint8)
+    y = np.array([3, 0, 4], np.uint8)
+    want = np.zeros((3, 7), np.float32)
+    want[0, [3, 5]] = [0.8, 0.2]
+    want[1, [0, 1, 6]] = [0.75, 0.125, 0.125]
+    want[2, 4] = 1.0
+    np.testing.assert_allclose(ferplus_targets.vote_targets(votes, y), want, atol=1e-6)
+
+    np.savez(tmp_path / "train.npz", x=np.zeros((3, 48, 48), np.uint8), y=y, ferplus_votes=votes)
+    assert ferplus_targets.main(["--data", str(tmp_path / "train.npz"), "--out", str(tmp_path / "fp.npz")]) == 0
+    faces = with_teacher(load(tmp_path / "train.npz"), tmp_path / "fp.npz")  # what fit --teacher reads
+    np.testing.assert_allclose(faces.soft, want, atol=1e-6)
+    np.savez(tmp_path / "plain.npz", x=np.zeros((3, 48, 48), np.uint8), y=y)
+    with pytest.raises(SystemExit, match="no 'ferplus_votes' array"):
+        ferplus_targets.main(["--data", str(tmp_path / "plain.npz"), "--out", str(tmp_path / "x.npz")])
 
 
 @pytest.mark.train

@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, metavar="N")
     f.add_argument("--swa-epochs", type=int, metavar="N", help="also average the weights of the last N epochs into RUN/swa.keras "
                    "(BatchNorm statistics measured again; compare its val accuracy in RUN/swa.json with best.keras')")
+    f.add_argument("--bn-faces", type=int, metavar="N",
+                   help="plain (un-augmented) training faces BatchNorm statistics are measured on after each epoch and for "
+                        "--swa-epochs, so they match the faces the daemon feeds (default 12800; 0 = keep the augmented "
+                        "batches' moving averages)")
     f.add_argument("--mixup", type=float, metavar="ALPHA",
                    help="blend pairs of training faces and their targets, share ~ Beta(ALPHA, ALPHA) (e.g. 0.2; 0 = off)")
     f.add_argument("--teacher", metavar="NPZ",
@@ -127,7 +131,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 FLAG_FIELDS = {"data": "data", "val_data": "val_data", "epochs": "epochs", "arch": "arch", "width": "width",
                "weights": "weights", "batch_size": "batch_size", "lr": "lr", "lr_schedule": "lr_schedule", "limit": "limit", "seed": "seed",
-               "init_from": "init_from", "swa_epochs": "swa_epochs", "mixup": "mixup",
+               "init_from": "init_from", "swa_epochs": "swa_epochs", "mixup": "mixup", "bn_faces": "bn_faces",
                "teacher": "teacher", "teacher_weight": "teacher_weight"}
 
 
@@ -165,6 +169,8 @@ def recipe_from_args(args: argparse.Namespace):
 
     if not 0.0 <= recipe.teacher_weight <= 1.0:
         raise UsageError(f"recipe teacher_weight {recipe.teacher_weight}: must be between 0 and 1")
+    if recipe.bn_faces < 0:
+        raise UsageError(f"recipe bn_faces {recipe.bn_faces}: must be 0 (off) or a number of training faces (e.g. 12800)")
     if recipe.mixup < 0:
         raise UsageError(f"recipe mixup {recipe.mixup}: must be 0 (off) or above (e.g. 0.2)")
     if recipe.lr_schedule not in LR_SCHEDULES:

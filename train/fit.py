@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.labels import EMOTIONS
+from train.batchnorm import plain_batches
 from train.data import FaceSet, load, split_off, with_teacher
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class Recipe:
     limit: int = 0  # use at most this many training faces (0 = all); for smoke tests
     init_from: str = ""  # start from this .keras model's or exported .tflite bundle's weights (same architecture): a second, warm-restarted cycle
     holdout: float = 0.1  # fraction held out when no val_data is given
+    bn_faces: int = 12800  # plain training faces BatchNorm statistics are measured on after each epoch (train.batchnorm); 0 = keep the augmented batches' moving averages
     swa_epochs: int = 0  # average the weights of the last N epochs into swa.keras (0 = off); see train.swa
     extra: dict = field(default_factory=dict)
 
@@ -297,12 +299,17 @@ class EpochSummary:
         return _Summary()
 
 
-def _run_stage(model, recipe: Recipe, run: Path, stage: str, epochs: int, lr: float, ds_train, ds_val, verbose: int):
+def _run_stage(model, recipe: Recipe, run: Path, stage: str, epochs: int, lr: float, ds_train, ds_val, verbose: int,
+               bn_batches: list | None = None):
     import keras
+
+    from train.batchnorm import PlainStatisticsValidation
 
     steps = math.ceil(ds_train.cardinality().numpy())
     _compile(model, recipe, lr, epochs, steps)
-    callbacks = [
+    # With bn_batches, validation runs in the first callback, after the statistics are re-measured.
+    callbacks = [PlainStatisticsValidation(bn_batches, ds_val)] if bn_batches else []
+    callbacks += [
         keras.callbacks.BackupAndRestore(str(run / "backup" / stage), delete_checkpoint=False),
         keras.callbacks.ModelCheckpoint(
             str(run / "best.keras"), monitor="val_accuracy", mode="max", save_best_only=True,
@@ -316,7 +323,7 @@ def _run_stage(model, recipe: Recipe, run: Path, stage: str, epochs: int, lr: fl
         from train import swa
 
         callbacks.append(swa.callback(run, swa.first_epoch(epochs, recipe.swa_epochs)))
-    model.fit(ds_train, validation_data=ds_val, epochs=epochs, callbacks=callbacks, verbose=verbose)
+    model.fit(ds_train, validation_data=None if bn_batches else ds_val, epochs=epochs, callbacks=callbacks, verbose=verbose)
 
 
 def fit(recipe: Recipe, run: Path, resume: bool = False, verbose: int = 1) -> Path:
@@ -348,6 +355,7 @@ def fit(recipe: Recipe, run: Path, resume: bool = False, verbose: int = 1) -> Pa
         keras.utils.set_random_seed(data_seed(recipe, epochs_done))
     ds_train, ds_val, weights = make_datasets(recipe, train, val, epochs_done)
     log.info("class weights %s", {EMOTIONS[k]: round(v, 2) for k, v in weights.items()})
+    bn_batches = plain_batches(train, recipe.bn_faces, recipe.batch_size, recipe.seed) if recipe.bn_faces > 0 else None
 
     model, backbone = build(recipe)
     log.info("model %s: %d parameters", model.name, model.count_params())
@@ -365,7 +373,7 @@ def fit(recipe: Recipe, run: Path, resume: bool = False, verbose: int = 1) -> Pa
         done_marker = run / "backup" / "head.done"
         if not done_marker.exists():
             backbone.trainable = False
-            _run_stage(model, recipe, run, "head", recipe.head_epochs, recipe.lr, ds_train, ds_val, verbose)
+            _run_stage(model, recipe, run, "head", recipe.head_epochs, recipe.lr, ds_train, ds_val, verbose, bn_batches)
             done_marker.parent.mkdir(parents=True, exist_ok=True)
             model.save(run / "head.keras")
             done_marker.touch()
@@ -374,13 +382,14 @@ def fit(recipe: Recipe, run: Path, resume: bool = False, verbose: int = 1) -> Pa
             backbone = model.get_layer(index=3)
         backbone.trainable = True
         freeze_batchnorm(backbone)
-        _run_stage(model, recipe, run, "finetune", recipe.epochs, recipe.fine_tune_lr, ds_train, ds_val, verbose)
+        _run_stage(model, recipe, run, "finetune", recipe.epochs, recipe.fine_tune_lr, ds_train, ds_val, verbose, bn_batches)
     else:
-        _run_stage(model, recipe, run, "train", recipe.epochs, recipe.lr, ds_train, ds_val, verbose)
+        _run_stage(model, recipe, run, "train", recipe.epochs, recipe.lr, ds_train, ds_val, verbose, bn_batches)
     model.save(run / "model.keras")
     if recipe.swa_epochs:
         from train import swa
 
-        swa.finish(model, run, recipe.epochs, recipe.swa_epochs, ds_train, ds_val, _best_so_far(run / "history.csv"))
+        swa.finish(model, run, recipe.epochs, recipe.swa_epochs, bn_batches or ds_train.take(100), ds_val,
+                   _best_so_far(run / "history.csv"))
     best = run / "best.keras"
     return best if best.exists() else run / "model.keras"

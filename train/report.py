@@ -112,8 +112,9 @@ def _pct(v: float | None) -> str:
     return "–" if v is None else f"{100 * v:.1f}%"
 
 
-RECIPE_KEYS = ("arch", "width", "input_size", "weights", "epochs", "batch_size", "lr", "label_smoothing",
+RECIPE_KEYS = ("arch", "width", "input_size", "weights", "epochs", "batch_size", "lr", "lr_schedule", "label_smoothing",
                "class_weight_power", "seed", "limit")
+RECIPE_KEYS_WHEN_SET = ("mixup", "teacher", "teacher_weight", "swa_epochs", "bn_faces")  # shown when on
 
 
 def model_card(
@@ -156,6 +157,7 @@ def model_card(
     if recipe:
         out += ["## Recipe", "", "| setting | value |", "|---|---|"]
         out += [f"| {k} | {recipe[k]} |" for k in RECIPE_KEYS if k in recipe]
+        out += [f"| {k} | {recipe[k]} |" for k in RECIPE_KEYS_WHEN_SET if recipe.get(k) and recipe.get("teacher" if k == "teacher_weight" else k)]
         trained = (bundle or {}).get("model") or {}
         if trained.get("epoch"):
             held = (f"the average of epochs {trained['averaged_epochs'][0]}-{trained['averaged_epochs'][-1]}"
@@ -171,6 +173,8 @@ def model_card(
             this_run = int(trained.get("epoch") or recipe.get("epochs", 0))
             total = f" ({before} epochs before this run, {before + this_run} in all)" if before else ""
             out.append(f"| warm start | weights of {warm.get('from')}{total} |")
+        # Free-text provenance a run's recipe carries in "extra" (e.g. how its float model was recovered).
+        out += [f"| {k.replace('_', ' ')} | {v} |" for k, v in (recipe.get("extra") or {}).items() if isinstance(v, str)]
         out.append("")
     out += ["## Metrics", "", "| model | n | top-1 | top-2 | macro-F1 | weighted-F1 | ECE (15 bins) |", "|---|---|---|---|---|---|---|"]
     for kind, m in metrics.items():

@@ -6,8 +6,9 @@ cycle, or a constant rate: ``--lr-schedule constant``) scatter around a minimum;
 their average sits nearer its centre than any one of them and usually
 generalises a little better, at no cost at inference (the network is the same).
 BatchNorm's moving statistics do not average meaningfully, so they are measured
-again on training batches afterwards, as a cumulative mean (PyTorch's
-``swa_utils.update_bn`` does the same).
+again afterwards, as a cumulative mean over plain (un-augmented) training faces
+(PyTorch's ``swa_utils.update_bn`` does the same over its loader; why plain
+faces: :mod:`train.batchnorm`).
 
 Each averaged epoch's weights are saved in ``RUN/swa/``, so a run stopped and
 ``--resume``-d keeps them. The result is ``RUN/swa.keras``
@@ -70,47 +71,19 @@ def average(run: Path, epochs: int, swa_epochs: int) -> tuple[list[np.ndarray], 
     return ([t / len(used) for t in total] if total else []), used
 
 
-def _all_layers(layer):
-    for sub in getattr(layer, "layers", []):
-        yield sub
-        yield from _all_layers(sub)
-
-
-def update_batchnorm(model, batches, max_batches: int = 100) -> int:
-    """Measure every trainable BatchNorm layer's moving statistics again, as the plain mean over
-    up to ``max_batches`` training batches (momentum k/(k+1) on batch k). Returns the batches used."""
-    import keras
-
-    bns = [layer for layer in _all_layers(model) if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
-    saved = [layer.momentum for layer in bns]
-    for layer in bns:
-        layer.moving_mean.assign(np.zeros(layer.moving_mean.shape, np.float32))
-        layer.moving_variance.assign(np.ones(layer.moving_variance.shape, np.float32))
-    k = 0
-    try:
-        for batch in batches:
-            if k >= max_batches:
-                break
-            for layer in bns:
-                layer.momentum = k / (k + 1.0)
-            model(batch[0], training=True)
-            k += 1
-    finally:
-        for layer, m in zip(bns, saved):
-            layer.momentum = m
-    return k
-
-
-def finish(model, run: Path, epochs: int, swa_epochs: int, ds_train, ds_val,
+def finish(model, run: Path, epochs: int, swa_epochs: int, bn_batches, ds_val,
            best_val_accuracy: float | None) -> Path | None:
-    """Load the averaged weights into ``model``, re-measure BatchNorm, evaluate, save ``swa.keras``."""
+    """Load the averaged weights into ``model``, re-measure BatchNorm on ``bn_batches`` (plain
+    training faces: :func:`train.batchnorm.plain_batches`), evaluate, save ``swa.keras``."""
+    from train.batchnorm import update_batchnorm
+
     mean, used = average(run, epochs, swa_epochs)
     if not used:
         log.warning("weight average: no snapshots of epochs %d-%d in %s", first_epoch(epochs, swa_epochs) + 1,
                     epochs, run / SNAPSHOTS)
         return None
     model.set_weights([m.astype(w.dtype) for m, w in zip(mean, model.get_weights())])
-    batches = update_batchnorm(model, ds_train)
+    batches = update_batchnorm(model, bn_batches)
     values = model.evaluate(ds_val, verbose=0, return_dict=True)
     out = run / "swa.keras"
     model.save(out)
