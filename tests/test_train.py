@@ -565,6 +565,11 @@ def test_init_from_an_exported_bundle_recovers_the_float_model(bundle: SimpleNam
                       bundle={"model": {"epoch": 2, "epochs_run": 3}})
     assert "| epochs run | 3; this model is epoch 2 |" in card
     assert f"({best} epochs before this run, {best + 2} in all)" in card
+    # Optional settings appear when on; free-text provenance notes in "extra" become rows.
+    assert "| teacher |" not in card and "| teacher_weight |" not in card and "| bn_faces | 12800 |" in card
+    card = model_card("next", val_metrics, recipe={**recipe.__dict__, "teacher": "fp.npz", "teacher_weight": 0.3,
+                                                   "extra": {**lineage, "lineage": "rebuilt from v1"}})
+    assert "| teacher | fp.npz |" in card and "| teacher_weight | 0.3 |" in card and "| lineage | rebuilt from v1 |" in card
 
     wider, _ = build(Recipe(**{**recipe.__dict__, "width": 0.5}))
     with pytest.raises(WarmStartError, match="width"):

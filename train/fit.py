@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.labels import EMOTIONS
-from train.batchnorm import plain_batches
+from train.batchnorm import PlainStatisticsValidation, plain_batches
 from train.data import FaceSet, load, split_off, with_teacher
 
 log = logging.getLogger(__name__)
@@ -302,8 +302,6 @@ class EpochSummary:
 def _run_stage(model, recipe: Recipe, run: Path, stage: str, epochs: int, lr: float, ds_train, ds_val, verbose: int,
                bn_batches: list | None = None):
     import keras
-
-    from train.batchnorm import PlainStatisticsValidation
 
     steps = math.ceil(ds_train.cardinality().numpy())
     _compile(model, recipe, lr, epochs, steps)

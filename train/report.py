@@ -157,7 +157,8 @@ def model_card(
     if recipe:
         out += ["## Recipe", "", "| setting | value |", "|---|---|"]
         out += [f"| {k} | {recipe[k]} |" for k in RECIPE_KEYS if k in recipe]
-        out += [f"| {k} | {recipe[k]} |" for k in RECIPE_KEYS_WHEN_SET if recipe.get(k) and recipe.get("teacher" if k == "teacher_weight" else k)]
+        out += [f"| {k} | {recipe[k]} |" for k in RECIPE_KEYS_WHEN_SET
+                if recipe.get(k) and (k != "teacher_weight" or recipe.get("teacher"))]
         trained = (bundle or {}).get("model") or {}
         if trained.get("epoch"):
             held = (f"the average of epochs {trained['averaged_epochs'][0]}-{trained['averaged_epochs'][-1]}"
