@@ -8,7 +8,7 @@ whose activations are distributed differently. Measuring the statistics again
 on un-augmented training faces (the training batches' own weights, nothing
 learned, no validation face used) closes that gap; on FER2013 PublicTest it
 raised fernet's top-1 by 1.2 to 1.9 points (65.1 -> 67.0, 66.2 -> 67.4,
-66.7 -> 68.2 for three networks of one lineage). Wu & Johnson, "Rethinking
+66.7 -> 68.3 for three networks of one lineage). Wu & Johnson, "Rethinking
 'Batch' in BatchNorm" (2021), discuss the same train/test mismatch.
 
 ``train.fit`` does it after every epoch, before validation, so the epoch that
@@ -18,14 +18,11 @@ does it for the weight average.
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Iterable
 
 import numpy as np
 
 from train.data import FaceSet
-
-log = logging.getLogger(__name__)
 
 DEFAULT_FACES = 12800  # 100 batches of 128: the statistics settle well before that
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.labels import EMOTIONS
-from train.batchnorm import PlainStatisticsValidation, plain_batches
+from train.batchnorm import DEFAULT_FACES, PlainStatisticsValidation, plain_batches
 from train.data import FaceSet, load, split_off, with_teacher
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class Recipe:
     limit: int = 0  # use at most this many training faces (0 = all); for smoke tests
     init_from: str = ""  # start from this .keras model's or exported .tflite bundle's weights (same architecture): a second, warm-restarted cycle
     holdout: float = 0.1  # fraction held out when no val_data is given
-    bn_faces: int = 12800  # plain training faces BatchNorm statistics are measured on after each epoch (train.batchnorm); 0 = keep the augmented batches' moving averages
+    bn_faces: int = DEFAULT_FACES  # plain training faces BatchNorm statistics are measured on after each epoch (train.batchnorm); 0 = keep the augmented batches' moving averages
     swa_epochs: int = 0  # average the weights of the last N epochs into swa.keras (0 = off); see train.swa
     extra: dict = field(default_factory=dict)
 

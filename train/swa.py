@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from train.batchnorm import update_batchnorm
+
 log = logging.getLogger(__name__)
 
 SNAPSHOTS = "swa"  # RUN/swa/epoch_NNN.npz: the weights after epoch NNN (1-based)
@@ -75,7 +77,6 @@ def finish(model, run: Path, epochs: int, swa_epochs: int, bn_batches, ds_val,
            best_val_accuracy: float | None) -> Path | None:
     """Load the averaged weights into ``model``, re-measure BatchNorm on ``bn_batches`` (plain
     training faces: :func:`train.batchnorm.plain_batches`), evaluate, save ``swa.keras``."""
-    from train.batchnorm import update_batchnorm
 
     mean, used = average(run, epochs, swa_epochs)
     if not used:
