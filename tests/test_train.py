@@ -378,7 +378,7 @@ def test_ferplus_vote_targets_in_fer2013_order(tmp_path: Path) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
     import ferplus_targets
 
-    from train.data import with_teacher
+    from train.data import DataError, with_teacher
 
     # FER+ columns: neutral, happiness, surprise, sadness, anger, disgust, fear, contempt, unknown, NF
     votes = np.array([[0, 8, 2, 0, 0, 0, 0, 0, 0, 0],   # happy 8, surprise 2
@@ -399,6 +399,21 @@ def test_ferplus_vote_targets_in_fer2013_order(tmp_path: Path) -> None:
     np.savez(tmp_path / "plain.npz", x=np.zeros((3, 48, 48), np.uint8), y=y)
     with pytest.raises(SystemExit, match="no 'ferplus_votes' array"):
         ferplus_targets.main(["--data", str(tmp_path / "plain.npz"), "--out", str(tmp_path / "x.npz")])
+    # A recipe's teacher = "ferplus" reads the same votes straight from the data file: no tool run needed.
+    np.testing.assert_allclose(with_teacher(load(tmp_path / "train.npz"), "ferplus").soft, want, atol=1e-6)
+    with pytest.raises(DataError, match="no 'ferplus_votes' array"):
+        with_teacher(load(tmp_path / "plain.npz"), "ferplus")
+
+
+def test_the_shipped_recipe_file_trains_from_scratch_on_train_npz_alone() -> None:
+    from train.cli import build_parser, recipe_from_args
+
+    root = Path(__file__).resolve().parent.parent
+    args = build_parser().parse_args(["fit", "--recipe", str(root / "train" / "recipes" / "fernet.toml"), "--out", "runs/x"])
+    recipe = recipe_from_args(args)
+    assert recipe.arch == "fernet" and recipe.init_from == ""
+    assert Path(recipe.data).name == "train.npz" and recipe.teacher == "ferplus"
+    assert recipe.bn_faces > 0 and recipe.epochs >= 60
 
 
 @pytest.mark.train

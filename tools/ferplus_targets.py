@@ -6,6 +6,8 @@ written as the .npz that ``deepfer-train fit --teacher`` reads row for row.
     python tools/ferplus_targets.py --data ../shared/data/fer2013/train.npz --out runs/ferplus.npz
     deepfer-train fit ... --teacher runs/ferplus.npz --teacher-weight 0.3
 
+``--teacher ferplus`` (or ``teacher = "ferplus"`` in a recipe) reads the same votes straight from --data.
+
 FER+'s contempt, unknown and not-a-face votes have no FER2013 class and are dropped; a face with
 no vote left keeps its one-hot label. At ``--teacher-weight`` below 0.5 the label still decides
 every target's top class: the votes only say which other expressions a face resembles.
@@ -22,26 +24,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edge.labels import EMOTIONS  # noqa: E402
+from train.data import DataError, ferplus_votes, vote_targets  # noqa: E402
 
 log = logging.getLogger("ferplus_targets")
-
-# FER+ vote columns, in the order of fer2013new.csv (and of the npz's ferplus_votes).
-FERPLUS_COLUMNS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown", "NF")
-TO_FER2013 = {"angry": "anger", "disgust": "disgust", "fear": "fear", "happy": "happiness", "sad": "sadness",
-              "surprise": "surprise", "neutral": "neutral"}
-
-
-def vote_targets(votes: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """(N, 10) FER+ vote counts -> (N, 7) probabilities in FER2013 order (one-hot ``y`` where no vote maps)."""
-    votes = np.asarray(votes, np.float64)
-    if votes.ndim != 2 or votes.shape[1] != len(FERPLUS_COLUMNS):
-        raise ValueError(f"FER+ votes have shape {votes.shape}; expected (N, {len(FERPLUS_COLUMNS)})")
-    ours = votes[:, [FERPLUS_COLUMNS.index(TO_FER2013[e]) for e in EMOTIONS]]
-    total = ours.sum(axis=1, keepdims=True)
-    onehot = np.eye(len(EMOTIONS))[np.asarray(y, np.int64)]
-    return np.where(total > 0, ours / np.maximum(total, 1.0), onehot).astype(np.float32)
-
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -50,13 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        with np.load(args.data) as z:
-            y, votes = z["y"], z["ferplus_votes"]
-    except KeyError:
-        raise SystemExit(f"{args.data}: no 'ferplus_votes' array (FER+ vote counts, FER+ column order "
-                         f"{', '.join(FERPLUS_COLUMNS)}); only the FER2013 .npz files carry them") from None
-    except (OSError, ValueError) as exc:
-        raise SystemExit(f"{args.data}: not a readable .npz ({exc})") from None
+        votes, y = ferplus_votes(args.data)
+    except DataError as exc:
+        raise SystemExit(str(exc)) from None
     probs = vote_targets(votes, y)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out, probs=probs, y=y, models=np.array([f"FER+ votes of {args.data}"]))

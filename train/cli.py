@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--mixup", type=float, metavar="ALPHA",
                    help="blend pairs of training faces and their targets, share ~ Beta(ALPHA, ALPHA) (e.g. 0.2; 0 = off)")
     f.add_argument("--teacher", metavar="NPZ",
-                   help="distil: soft targets for the --data faces, row for row (tools/teacher_targets.py writes them)")
+                   help="distil: soft targets for the --data faces, row for row (tools/teacher_targets.py writes them); "
+                        "'ferplus': the FER+ crowd votes stored in the --data .npz")
     f.add_argument("--teacher-weight", type=float, metavar="W",
                    help="share of the teacher's probabilities in each target, 0..1 (default 0.5; the rest is the label)")
     f.add_argument("--init-from", metavar="MODEL", help="start from this model's weights (same architecture): a .keras model, "
@@ -194,7 +195,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
         from train.data import DataError
 
         # Fail before TensorFlow starts (seconds) rather than after.
-        for flag, path in (("--data", recipe.data), ("--val-data", recipe.val_data), ("--teacher", recipe.teacher)):
+        from train.data import FERPLUS_TEACHER
+
+        teacher = "" if recipe.teacher == FERPLUS_TEACHER else recipe.teacher
+        for flag, path in (("--data", recipe.data), ("--val-data", recipe.val_data), ("--teacher", teacher)):
             if path and not Path(path).exists():
                 raise DataError(f"{flag} {path}: no such file or folder")
     best = fit(recipe, args.out, resume=args.resume, verbose=args.verbose)

@@ -200,8 +200,53 @@ def split_off(data: FaceSet, fraction: float, seed: int) -> tuple[FaceSet, FaceS
     return data.subset(mask, f"{data.source}[train]"), data.subset(v, f"{data.source}[holdout]")
 
 
+# FER+ vote columns, in the order of fer2013new.csv (and of the FER2013 npz's ferplus_votes).
+FERPLUS_COLUMNS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown", "NF")
+FERPLUS_NAMES = {"angry": "anger", "disgust": "disgust", "fear": "fear", "happy": "happiness", "sad": "sadness",
+                 "surprise": "surprise", "neutral": "neutral"}
+# ``teacher = "ferplus"`` in a recipe: the targets come from the data file's own FER+ votes.
+FERPLUS_TEACHER = "ferplus"
+
+
+def vote_targets(votes: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(N, 10) FER+ vote counts -> (N, 7) probabilities in FER2013 order (one-hot ``y`` where no vote maps).
+
+    FER+'s contempt, unknown and not-a-face votes have no FER2013 class and are dropped.
+    """
+    votes = np.asarray(votes, np.float64)
+    if votes.ndim != 2 or votes.shape[1] != len(FERPLUS_COLUMNS):
+        raise DataError(f"FER+ votes have shape {votes.shape}; expected (N, {len(FERPLUS_COLUMNS)})")
+    ours = votes[:, [FERPLUS_COLUMNS.index(FERPLUS_NAMES[e]) for e in EMOTIONS]]
+    total = ours.sum(axis=1, keepdims=True)
+    onehot = np.eye(len(EMOTIONS))[np.asarray(y, np.int64)]
+    return np.where(total > 0, ours / np.maximum(total, 1.0), onehot).astype(np.float32)
+
+
+def ferplus_votes(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(votes, y) of a FER2013 .npz that carries FER+ crowd votes."""
+    try:
+        with np.load(path) as z:
+            return z["ferplus_votes"], z["y"]
+    except KeyError:
+        raise DataError(f"{path}: no 'ferplus_votes' array (FER+ vote counts, FER+ column order "
+                        f"{', '.join(FERPLUS_COLUMNS)}); only the FER2013 .npz files carry them") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable .npz ({exc})") from None
+
+
+def with_ferplus(data: FaceSet) -> FaceSet:
+    """Attach the FER+ vote distributions of the faces' own data file as soft targets."""
+    votes, y = ferplus_votes(data.source)
+    if len(y) != len(data) or not np.array_equal(y, data.y):
+        raise DataError(f"{data.source}: its FER+ votes do not match its {len(data)} faces row for row")
+    return FaceSet(data.x, data.y, data.source, vote_targets(votes, y))
+
+
 def with_teacher(data: FaceSet, path: str | Path) -> FaceSet:
-    """Attach the soft targets that ``tools/teacher_targets.py`` wrote for this same data, row for row."""
+    """Attach the soft targets that ``tools/teacher_targets.py`` wrote for this same data, row for row
+    (``"ferplus"``: the data file's own FER+ votes)."""
+    if str(path) == FERPLUS_TEACHER:
+        return with_ferplus(data)
     p = Path(path)
     try:
         with np.load(p) as z:
