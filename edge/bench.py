@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -138,5 +139,26 @@ def bench(settings: EdgeSettings, frames: int = 300, as_json: bool = False) -> i
     ]
     for stage, v in result["latency_ms"].items():
         out.append(f"  {stage:<15} {v['p50']:.3f} / {v['p95']:.3f}")
+    sys.stdout.write("\n".join(out) + "\n")
+    return 0
+
+
+def bench_accuracy(settings: EdgeSettings, faces: Path, limit: int = 0, as_json: bool = False) -> int:
+    """``bench --faces``: what detection and framing cost in accuracy (see :mod:`edge.facebench`)."""
+    from edge.facebench import accuracy
+
+    r = accuracy(settings, faces, limit=limit)
+    if as_json:
+        sys.stdout.write(json.dumps(r, indent=2) + "\n")
+        return 0
+    g = r["geometry"]
+    out = [
+        f"faces             {r['faces']} rendered from {r['source']}",
+        f"detector          {r['detector']} (crop: {g['scale']} x box, offset {g['dx']}, {g['dy']}, basis {g['basis']})",
+        f"found             {r['found']} ({r['found_ratio'] * 100:.1f}%), {r['false_tracks']} other tracks",
+        f"top-1 end to end  {r['top1_end_to_end_all'] * 100:.1f}% of all faces, {r['top1_end_to_end_found'] * 100:.1f}% of found",
+        f"top-1 plain crop  {r['top1_plain_found'] * 100:.1f}% of the same found faces ({r['top1_plain_all'] * 100:.1f}% of all)",
+        f"framing loss      {r['framing_loss_points']:.1f} points (plain minus end to end, found faces)",
+    ]
     sys.stdout.write("\n".join(out) + "\n")
     return 0

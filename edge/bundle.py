@@ -7,8 +7,11 @@ The JSON is the contract between training and the daemon. Fields:
 - ``input_size``, ``channels``: the face tensor is input_size x input_size x channels.
 - ``normalization``: ``"folded"`` (the graph normalises raw 0..255 pixels itself) —
   the only form the daemon feeds; anything else is refused with a clear error.
-- ``crop_margin``: the margin added on each side of the detector box before the
-  square crop (see :func:`edge.preprocess.square_box`).
+- ``crop_geometry``: per detector kind (``haar``, ``yunet``), how its box maps onto
+  the training faces' framing: ``{"scale", "dx", "dy", "basis"}`` (see
+  :class:`edge.preprocess.CropGeometry`; ``tools/fit_crop_geometry.py`` measures them).
+- ``crop_margin``: for a detector the bundle has no geometry for (and bundles from
+  before it existed), the margin added on each side of the box's longer side.
 - ``metrics``, ``training_data``, ``created``, ``untrained``: informational;
   ``untrained: true`` marks a placeholder that ``check`` warns about.
 """
@@ -20,6 +23,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from edge.preprocess import BASES, CropGeometry
 
 DEFAULT_MODEL_NAME = "deepfer_fernet_int8"
 
@@ -41,6 +46,11 @@ class ModelBundle:
     untrained: bool = False
     metrics: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    crop_geometry: dict[str, CropGeometry] = field(default_factory=dict)
+
+    def geometry_for(self, detector: str) -> CropGeometry:
+        """The framing for boxes of ``detector``: its fitted geometry, else the bundle's margin."""
+        return self.crop_geometry.get(detector) or CropGeometry.from_margin(self.crop_margin)
 
     @property
     def edgetpu_tflite(self) -> Path:
@@ -78,6 +88,7 @@ def load_bundle(path: str | Path | None = None) -> ModelBundle:
     norm = str(meta.get("normalization", "folded"))
     if norm != "folded":
         raise BundleError(f"model metadata {meta_path}: normalization {norm!r} is not supported; export with normalisation folded into the graph")
+    geometry = _crop_geometry(meta.get("crop_geometry", {}), meta_path)
     return ModelBundle(
         tflite=tflite,
         name=str(meta.get("name", tflite.stem)),
@@ -90,4 +101,28 @@ def load_bundle(path: str | Path | None = None) -> ModelBundle:
         untrained=bool(meta.get("untrained", False)),
         metrics=dict(meta.get("metrics", {})),
         meta=meta,
+        crop_geometry=geometry,
     )
+
+
+def _crop_geometry(raw: Any, meta_path: Path) -> dict[str, CropGeometry]:
+    """``crop_geometry`` of a bundle's JSON: detector kind -> CropGeometry (entries that are not objects,
+    such as a note on how they were fitted, are skipped)."""
+    if not isinstance(raw, dict):
+        raise BundleError(f"model metadata {meta_path}: crop_geometry must map detector kinds to {{scale, dx, dy, basis}}")
+    out: dict[str, CropGeometry] = {}
+    for kind, g in raw.items():
+        if not isinstance(g, dict):
+            continue
+        try:
+            geometry = CropGeometry(float(g["scale"]), float(g.get("dx", 0.0)), float(g.get("dy", 0.0)),
+                                    str(g.get("basis", "geomean")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"model metadata {meta_path}: crop_geometry.{kind} lacks or mistypes a field ({exc}); "
+                              "needs scale, and optionally dx, dy, basis") from None
+        if not 0.3 <= geometry.scale <= 4.0 or abs(geometry.dx) > 1 or abs(geometry.dy) > 1 or geometry.basis not in BASES:
+            raise BundleError(f"model metadata {meta_path}: crop_geometry.{kind} = {g} is out of range "
+                              f"(scale 0.3..4, |dx|, |dy| <= 1, basis one of {', '.join(BASES)}); refit it with "
+                              "tools/fit_crop_geometry.py")
+        out[str(kind)] = geometry
+    return out

@@ -168,11 +168,11 @@ class TFLiteClassifier:
             self.last_infer_s = infer / len(faces)
         return scores
 
-    def classify(self, gray_frame: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
-        if not boxes:
+    def classify(self, gray_frame: np.ndarray, crops: Sequence[Box]) -> np.ndarray:
+        if not crops:
             return np.empty((0, len(self.labels)), np.float32)
         b = self.bundle
-        faces = np.stack([frame_face_tensor(gray_frame, box, b.input_size, b.crop_margin, b.channels) for box in boxes])
+        faces = np.stack([frame_face_tensor(gray_frame, square, b.input_size, b.channels) for square in crops])
         return self.predict_tensors(faces)
 
 

@@ -28,7 +28,8 @@ EPILOG = """\
 commands:
   run      (default) process frames and publish emotion events
   check    open the camera, load the model, reach the broker; say what is wrong
-  bench    per-stage latency and throughput on this device (use a clip: --camera clip.mp4)
+  bench    per-stage latency and throughput on this device (use a clip: --camera clip.mp4);
+           with --faces val.npz: end-to-end accuracy of detection, framing and model
   config   print the effective settings (secrets hidden), or --reference for every field
   watch    live terminal view of devices, faces and emotions from the broker
 
@@ -74,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     g.add_argument("--max-frames", type=int, default=0, metavar="N", help="stop after N processed frames (0 = no limit)")
     g.add_argument("--frames", type=int, default=300, metavar="N", help="bench: frames to measure (after 20 warm-up frames)")
+    g.add_argument("--faces", type=Path, metavar="NPZ",
+                   help="bench: end-to-end accuracy instead of speed, on a clip rendered from these labelled 48x48 faces "
+                        "(e.g. FER2013 val.npz; never training faces)")
+    g.add_argument("--limit", type=int, default=0, metavar="N", help="bench --faces: use N faces drawn at random (0 = all)")
     g.add_argument("--json", action="store_true", help="bench/check/config: print JSON")
     g.add_argument("--reference", action="store_true", help="config: list every setting with its description and default")
     g.add_argument("--device", metavar="ID", help="watch: show only this device")
@@ -171,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             from edge.bench import bench
 
+            if args.faces is not None:
+                from edge.bench import bench_accuracy
+
+                return bench_accuracy(settings, args.faces, limit=args.limit, as_json=args.json)
             return bench(settings, frames=args.frames, as_json=args.json)
         return run(settings, max_frames=args.max_frames)
     except CameraUnavailable as exc:

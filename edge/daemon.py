@@ -32,8 +32,9 @@ class Components:
     sinks: list[EventSink] = field(default_factory=list)
 
 
-def build(settings: EdgeSettings, sinks: list[EventSink] | None = None) -> Components:
-    """Create every component from its own settings section (nothing is started yet)."""
+def build(settings: EdgeSettings, sinks: list[EventSink] | None = None, source: FrameSource | None = None) -> Components:
+    """Create every component from its own settings section (nothing is started yet); ``sinks`` and
+    ``source`` replace the configured ones (bench, tests)."""
     from edge.classifier import create_classifier
     from edge.detectors import create_detector
     from edge.sinks import create_sinks
@@ -45,7 +46,7 @@ def build(settings: EdgeSettings, sinks: list[EventSink] | None = None) -> Compo
         log.warning("model %s is an UNTRAINED placeholder: its emotions are meaningless", bundle.name)
     classifier = create_classifier(bundle, settings.classifier)
     detector = create_detector(settings.detector)
-    source = open_source(settings.camera)
+    source = open_source(settings.camera) if source is None else source
     envelope = Envelope(settings.device_id, sequence_file(settings.mqtt))
     sinks = create_sinks(settings, envelope, bundle.labels) if sinks is None else sinks
     info = {
@@ -59,7 +60,7 @@ def build(settings: EdgeSettings, sinks: list[EventSink] | None = None) -> Compo
     tracker = Tracker(settings.tracker, bundle.labels)
     pipeline = Pipeline(
         source, detector, classifier, tracker, aggregator, sinks,
-        detect_every=settings.detector.every_n_frames,
+        detect_every=settings.detector.every_n_frames, geometry=bundle.geometry_for(detector.name),
     )
     aggregator.status_provider = pipeline.sink_status
     if len(sinks) == 1 and hasattr(sinks[0], "on_broken_pipe"):

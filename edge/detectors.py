@@ -1,18 +1,21 @@
 """Face detectors, picked by ``detector.kind``.
 
 Both detectors work on a downscaled copy of the frame (``detector.detect_width``
-wide) because detection cost grows with the pixel count and faces worth
-classifying are large; boxes are mapped back to ``Frame.image`` pixels.
+wide) because detection cost grows with the pixel count; boxes are mapped back
+to ``Frame.image`` pixels.
 
+- ``yunet`` (default): OpenCV's YuNet CNN (``cv2.FaceDetectorYN``), shipped in
+  ``edge/models`` (MIT); finds small and turned faces the cascade misses, and is
+  faster. ``detector.model`` points at another copy of the ONNX file.
 - ``haar``: OpenCV's frontal-face Haar cascade, shipped with opencv-python(-headless) 4.x.
-  Uses ``Frame.gray`` when the source supplies one (the CSI lores Y plane).
-- ``yunet``: OpenCV's YuNet CNN (``cv2.FaceDetectorYN``), far better recall and
-  scores; needs the ONNX file from OpenCV Zoo (``detector.model``).
+  Uses ``Frame.gray`` when the source supplies one (the CSI lores Y plane). Also
+  the fallback, with a warning, when the YuNet model cannot be loaded.
 """
 
 from __future__ import annotations
 
 import logging
+from importlib import resources
 from pathlib import Path
 
 import cv2
@@ -30,13 +33,22 @@ HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 HAAR_WINDOW = 24  # the cascade's training window: the smallest face it can see, in detection pixels
 YUNET_FILE = "face_detection_yunet_2023mar.onnx"
 YUNET_URL = "https://github.com/opencv/opencv_zoo/tree/main/models/face_detection_yunet"
-YUNET_NMS = 0.3
 YUNET_TOP_K = 5000
 
 
+def shipped_yunet() -> Path:
+    return Path(str(resources.files("edge") / "models" / YUNET_FILE))
+
+
 def create_detector(settings: DetectorSettings) -> FaceDetector:
-    """Build the detector ``settings.kind`` names."""
-    return DETECTORS.create(settings.kind, settings)
+    """Build the detector ``settings.kind`` names; YuNet falls back to Haar when its model cannot be loaded."""
+    try:
+        return DETECTORS.create(settings.kind, settings)
+    except (ConfigError, MissingExtra) as exc:
+        if settings.kind != "yunet":
+            raise
+        log.warning("%s; falling back to the Haar cascade, which misses small and turned faces", exc)
+        return DETECTORS.create("haar", settings)
 
 
 def _downscale(image: np.ndarray, width: int) -> tuple[np.ndarray, float]:
@@ -119,19 +131,17 @@ class YuNetDetector:
 
     def __init__(self, settings: DetectorSettings) -> None:
         self.settings = settings
-        model = settings.model
-        if model is None:
-            raise ConfigError(f"detector.model is not set; detector.kind = \"yunet\" needs {YUNET_FILE} "
-                              f"(download it from OpenCV Zoo: {YUNET_URL})")
-        model = Path(model).expanduser()
+        model = Path(settings.model).expanduser() if settings.model is not None else shipped_yunet()
         if not model.is_file():
-            raise ConfigError(f"detector.model: {model} does not exist; download {YUNET_FILE} from OpenCV Zoo ({YUNET_URL})")
+            fix = (f"download {YUNET_FILE} from OpenCV Zoo ({YUNET_URL})" if settings.model is not None
+                   else "reinstall the package, or set detector.model to a copy of it")
+            raise ConfigError(f"detector.model: {model} does not exist; {fix}")
         if not hasattr(cv2, "FaceDetectorYN"):
             raise MissingExtra(f"OpenCV {cv2.__version__} has no FaceDetectorYN; install `opencv-python-headless>=4.8,<5`")
         self._input_size = (320, 320)
         try:
             self._net = cv2.FaceDetectorYN.create(
-                str(model), "", self._input_size, settings.score_threshold, YUNET_NMS, YUNET_TOP_K
+                str(model), "", self._input_size, settings.score_threshold, settings.nms_threshold, YUNET_TOP_K
             )
         except cv2.error as exc:
             raise ConfigError(f"detector.model: {model} cannot be loaded as a YuNet ONNX model ({exc.err}); "

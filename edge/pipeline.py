@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from edge.aggregate import Aggregator
-from edge.preprocess import Box, to_gray
+from edge.preprocess import DEFAULT_CROP_MARGIN, Box, CropGeometry, crop_square, to_gray
 from edge.protocols import Classifier, EndOfStream, EventSink, FaceDetector, Frame, FrameSource, Message
 from edge.tracker import Tracker
 
@@ -34,6 +34,7 @@ class Pipeline:
         aggregator: Aggregator,
         sinks: Sequence[EventSink],
         detect_every: int = 1,
+        geometry: CropGeometry | None = None,
         heartbeat: Callable[[Mapping[str, Any]], None] | None = None,
     ) -> None:
         self.source = source
@@ -43,6 +44,8 @@ class Pipeline:
         self.aggregator = aggregator
         self.sinks = list(sinks)
         self.detect_every = max(1, detect_every)
+        # Detector box -> the square the model was trained on (measured per detector; the bundle holds it).
+        self.geometry = geometry or CropGeometry.from_margin(DEFAULT_CROP_MARGIN)
         self.heartbeat = heartbeat  # watchdog + status line, called from this loop so a stuck loop is noticed
         self.stop_event = threading.Event()
         self.processed = 0
@@ -73,7 +76,7 @@ class Pipeline:
     def _classify(self, gray: np.ndarray, boxes: list[Box]) -> np.ndarray:
         if not boxes:
             return np.empty((0, len(self.tracker.labels)), np.float32)
-        return self.classifier.classify(gray, boxes)
+        return self.classifier.classify(gray, [crop_square(b, self.geometry) for b in boxes])
 
     def process(self, frame: Frame) -> None:
         """Run one frame through detection, classification, tracking and aggregation."""

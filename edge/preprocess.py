@@ -1,8 +1,9 @@
 """Face crop and tensor preparation, shared by the daemon and by training.
 
 Training imports this module so that a face reaches the network the same way in
-both places: same square crop, same margin, same grayscale conversion, same
-resize interpolation. The network itself folds pixel normalisation into its
+both places: same square crop, same grayscale conversion, same resize
+interpolation. The crop's framing (:class:`CropGeometry`) is measured per
+detector so that it reproduces the framing of the FER2013 training faces. The network itself folds pixel normalisation into its
 graph, so the tensor produced here is raw uint8 pixels.
 """
 
@@ -14,10 +15,8 @@ import cv2
 import numpy as np
 
 
-# Margin added on each side of a detector box before the square crop. FER2013's
-# faces were registered a little wider than a frontal detector's box (forehead
-# and chin fully in view); the model bundle records the margin it was trained
-# for, and this is the value the training package writes there.
+# Margin added on each side of a detector box before the square crop, for bundles that record no
+# per-detector crop geometry (the framing every model before 0.5 was shipped with).
 DEFAULT_CROP_MARGIN = 0.1
 
 
@@ -56,30 +55,54 @@ def to_gray(image: np.ndarray) -> np.ndarray:
     return gray
 
 
-def square_box(box: Box, margin: float) -> tuple[int, int, int]:
-    """Grow a detector box into a centred square with ``margin`` added on every side.
+class CropGeometry(NamedTuple):
+    """How a detector's box maps onto the square the model was trained on.
 
-    FER2013 faces are square, roughly eyebrow-to-chin crops with a little border;
-    detectors return boxes of varying aspect, so the square keeps the face's
-    proportions when it is resized to the network's input.
-    Returns (left, top, side).
+    ``basis`` is the length the other numbers are in units of: ``"geomean"``,
+    the geometric mean of the box's sides (fitted per detector by
+    ``tools/fit_crop_geometry.py``, since detectors disagree on aspect), or
+    ``"max"``, its longer side (the margin-only framing of older bundles).
+    The square's side is ``scale`` bases; its centre sits ``dx``, ``dy`` bases
+    right of and below the box's centre.
     """
-    side = max(box.w, box.h) * (1.0 + 2.0 * margin)
-    cx = box.x + box.w / 2.0
-    cy = box.y + box.h / 2.0
-    side_i = max(1, int(round(side)))
-    return int(round(cx - side / 2.0)), int(round(cy - side / 2.0)), side_i
+
+    scale: float
+    dx: float = 0.0
+    dy: float = 0.0
+    basis: str = "geomean"
+
+    @classmethod
+    def from_margin(cls, margin: float) -> CropGeometry:
+        """The box's longer side plus ``margin`` of it on every side, centred on the box."""
+        return cls(1.0 + 2.0 * margin, 0.0, 0.0, "max")
 
 
-def crop_face(gray: np.ndarray, box: Box, margin: float) -> np.ndarray:
-    """Cut the square face crop out of a grayscale frame, replicating edges past the border."""
-    left, top, side = square_box(box, margin)
+BASES = ("geomean", "max")
+
+
+def crop_square(box: Box, geometry: CropGeometry) -> Box:
+    """The square face crop (in frame pixels, possibly past the frame's edges) for a detector box."""
+    if geometry.basis == "max":
+        unit = float(max(box.w, box.h))
+    elif geometry.basis == "geomean":
+        unit = float(np.sqrt(max(box.w, 0) * max(box.h, 0)))
+    else:
+        raise ValueError(f"unknown crop basis {geometry.basis!r}; choose one of {', '.join(BASES)}")
+    side = geometry.scale * unit
+    cx = box.x + box.w / 2.0 + geometry.dx * unit
+    cy = box.y + box.h / 2.0 + geometry.dy * unit
+    return Box(int(round(cx - side / 2.0)), int(round(cy - side / 2.0)), max(1, int(round(side))), max(1, int(round(side))))
+
+
+def crop_face(gray: np.ndarray, square: Box) -> np.ndarray:
+    """Cut a crop out of a grayscale frame, replicating edges where it runs past the border."""
+    left, top, side_w, side_h = square
     h, w = gray.shape[:2]
-    x0, y0, x1, y1 = max(left, 0), max(top, 0), min(left + side, w), min(top + side, h)
+    x0, y0, x1, y1 = max(left, 0), max(top, 0), min(left + side_w, w), min(top + side_h, h)
     if x1 <= x0 or y1 <= y0:
-        raise ValueError(f"face box {tuple(box)} lies outside the {w}x{h} frame")
+        raise ValueError(f"face crop {tuple(square)} lies outside the {w}x{h} frame")
     crop = gray[y0:y1, x0:x1]
-    pad = (y0 - top, top + side - y1, x0 - left, left + side - x1)
+    pad = (y0 - top, top + side_h - y1, x0 - left, left + side_w - x1)
     if any(pad):
         crop = cv2.copyMakeBorder(crop, *pad, borderType=cv2.BORDER_REPLICATE)
     return crop
@@ -130,6 +153,6 @@ def face_tensor(image: np.ndarray, size: int, channels: int = 1) -> np.ndarray:
     return np.repeat(face[:, :, None], channels, axis=2)
 
 
-def frame_face_tensor(gray_frame: np.ndarray, box: Box, size: int, margin: float, channels: int = 1) -> np.ndarray:
-    """Crop one detected face from a grayscale frame and prepare it for the network."""
-    return face_tensor(crop_face(gray_frame, box, margin), size, channels)
+def frame_face_tensor(gray_frame: np.ndarray, square: Box, size: int, channels: int = 1) -> np.ndarray:
+    """Cut one face's square crop (see :func:`crop_square`) from a grayscale frame and prepare it for the network."""
+    return face_tensor(crop_face(gray_frame, square), size, channels)

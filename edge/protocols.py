@@ -93,8 +93,9 @@ class Classifier(Protocol):
     labels: Sequence[str]
     backend: str
 
-    def classify(self, gray_frame: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
-        """Return (len(boxes), len(labels)) float32 probabilities."""
+    def classify(self, gray_frame: np.ndarray, crops: Sequence[Box]) -> np.ndarray:
+        """Return (len(crops), len(labels)) float32 probabilities for the faces' square crops
+        (:func:`edge.preprocess.crop_square` of each detector box)."""
         ...
 
 

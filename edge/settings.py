@@ -42,11 +42,13 @@ class CameraSettings(Section):
 
 
 class DetectorSettings(Section):
-    kind: Literal["haar", "yunet"] = Field("haar", description="Face detector: 'haar' (OpenCV cascade, built in) or 'yunet' (needs model).")
-    model: Path | None = Field(None, description="YuNet ONNX file (face_detection_yunet_2023mar.onnx) when kind = 'yunet'.")
-    detect_width: int = Field(240, ge=64, le=4096, description="Frames are downscaled to this width for detection; boxes are mapped back.")
-    min_face: int = Field(36, ge=8, description="Faces smaller than this many pixels (in the full frame) are ignored.")
+    kind: Literal["haar", "yunet"] = Field("yunet", description="Face detector: 'yunet' (CNN, shipped; finds small and turned "
+                                           "faces) or 'haar' (OpenCV's frontal-face cascade).")
+    model: Path | None = Field(None, description="YuNet ONNX file; empty = the face_detection_yunet_2023mar.onnx shipped in the package.")
+    detect_width: int = Field(320, ge=64, le=4096, description="Frames are downscaled to this width for detection; boxes are mapped back.")
+    min_face: int = Field(28, ge=8, description="Faces smaller than this many pixels (in the full frame) are ignored.")
     score_threshold: float = Field(0.6, ge=0, le=1, description="YuNet: minimum face score.")
+    nms_threshold: float = Field(0.3, gt=0, le=1, description="YuNet: boxes overlapping a better one by more than this IoU are dropped.")
     every_n_frames: int = Field(3, ge=1, description="Run detection every N frames; boxes are carried by the tracker in between.")
     haar_scale_factor: float = Field(1.2, gt=1.0, le=2.0, description="Haar: image pyramid scale step (larger is faster, finds fewer faces).")
     haar_min_neighbors: int = Field(5, ge=1, description="Haar: neighbours a candidate needs (larger means fewer false faces).")

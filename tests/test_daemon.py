@@ -192,9 +192,9 @@ def test_camera_missing_at_start_exits_69_config_errors_78(tmp_path):
 
 
 def test_settings_problems_found_at_start_exit_78(tmp_path):
-    p = daemon("--camera", "demo", "--detector", "yunet", "--stdout")  # no detector.model
+    p = daemon("--camera", "demo", "--model", str(tmp_path / "none.tflite"), "--stdout")
     _, err = p.communicate(timeout=60)
-    assert p.returncode == 78 and "detector.model" in err
+    assert p.returncode == 78 and "classifier.model" in err
     cfg = tmp_path / "edge.toml"
     cfg.write_text(f'[mqtt]\nenabled = true\nport = 1\npassword_file = "{tmp_path / "nope"}"\n')
     p = daemon("--config", str(cfg), "--camera", "demo")

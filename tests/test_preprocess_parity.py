@@ -3,7 +3,8 @@
 Two independent routes for each annotated face:
 
 - the daemon's: the whole camera frame (gray, BGR or BGRA) → ``to_gray`` →
-  ``frame_face_tensor`` with the bundle's crop margin → ``TFLiteClassifier``;
+  ``crop_square`` with the bundle's crop geometry for the detector (fitted, or the
+  older margin-only framing) → ``frame_face_tensor`` → ``TFLiteClassifier``;
 - training's: the face's square crop, cut here with plain numpy (edge padding
   where the square leaves the frame), stored as an image file in a
   folder-per-class dataset in the same colour format → ``train.data.load_folder``
@@ -25,7 +26,7 @@ import numpy as np
 import pytest
 
 from edge.labels import EMOTIONS
-from edge.preprocess import DEFAULT_CROP_MARGIN, Box, frame_face_tensor, square_box, to_gray
+from edge.preprocess import DEFAULT_CROP_MARGIN, Box, CropGeometry, crop_square, frame_face_tensor, to_gray
 from train.data import load_folder
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -81,16 +82,33 @@ def as_format(bgr: np.ndarray, fmt: str, seed: int = 0) -> np.ndarray:
     return bgr
 
 
-def numpy_square_crop(image: np.ndarray, box: Box, margin: float) -> np.ndarray:
+# The framings the daemon can use: the margin-only one of older bundles, Haar's fitted one
+# (its box is the FER2013 crop) and a YuNet-like one (a wider square, off the box's centre).
+GEOMETRIES = {
+    "margin": CropGeometry.from_margin(DEFAULT_CROP_MARGIN),
+    "haar": CropGeometry(1.0, 0.0, 0.0),
+    "yunet": CropGeometry(1.115, 0.02, -0.03),
+}
+
+
+def numpy_square(box: Box, g: CropGeometry) -> tuple[int, int, int]:
+    """(left, top, side) of the crop, worked out here on its own from the geometry's definition."""
+    unit = max(box.w, box.h) if g.basis == "max" else (box.w * box.h) ** 0.5
+    side = g.scale * unit
+    cx, cy = box.x + box.w / 2 + g.dx * unit, box.y + box.h / 2 + g.dy * unit
+    return int(round(cx - side / 2)), int(round(cy - side / 2)), max(1, int(round(side)))
+
+
+def numpy_square_crop(image: np.ndarray, box: Box, geometry: CropGeometry) -> np.ndarray:
     """The square crop cut without OpenCV: slicing, with edge replication past the frame."""
-    left, top, side = square_box(box, margin)
+    left, top, side = numpy_square(box, geometry)
     pad = 2 * side
     widths = ((pad, pad), (pad, pad)) + ((0, 0),) * (image.ndim - 2)
     padded = np.pad(image, widths, mode="edge")
     return padded[top + pad : top + pad + side, left + pad : left + pad + side]
 
 
-def write_dataset(root: Path, photos, fmt: str, margin: float) -> list[tuple[int, int, Box, int]]:
+def write_dataset(root: Path, photos, fmt: str, geometry: CropGeometry) -> list[tuple[int, int, Box, int]]:
     """Store every face's crop as root/<emotion>/NNN.png. Returns (i, photo, box, label) per face
     in the order load_folder reads them (class folders by name, then files by name); ``i``
     counts faces photo by photo, box by box, the order the daemon meets them."""
@@ -102,20 +120,21 @@ def write_dataset(root: Path, photos, fmt: str, margin: float) -> list[tuple[int
             label = i % len(EMOTIONS)
             folder = root / EMOTIONS[label]
             folder.mkdir(parents=True, exist_ok=True)
-            assert cv2.imwrite(str(folder / f"{i:03d}.png"), numpy_square_crop(img, box, margin))
+            assert cv2.imwrite(str(folder / f"{i:03d}.png"), numpy_square_crop(img, box, geometry))
             faces.append((i, p, box, label))
             i += 1
     return sorted(faces, key=lambda f: (EMOTIONS[f[3]], f[0]))
 
 
+@pytest.mark.parametrize("geometry", list(GEOMETRIES))
 @pytest.mark.parametrize("size", [48, 64, 96])
 @pytest.mark.parametrize("fmt", ["bgr", "bgra", "gray"])
-def test_training_loader_equals_daemon_crop(photos, tmp_path: Path, fmt: str, size: int) -> None:
-    margin = DEFAULT_CROP_MARGIN
-    order = write_dataset(tmp_path, photos, fmt, margin)
+def test_training_loader_equals_daemon_crop(photos, tmp_path: Path, fmt: str, size: int, geometry: str) -> None:
+    g = GEOMETRIES[geometry]
+    order = write_dataset(tmp_path, photos, fmt, g)
     loaded = load_folder(tmp_path, size)
     daemon = np.stack([
-        frame_face_tensor(to_gray(as_format(photos[p][1], fmt, seed=p)), box, size, margin)[:, :, 0]
+        frame_face_tensor(to_gray(as_format(photos[p][1], fmt, seed=p)), crop_square(box, g), size)[:, :, 0]
         for _, p, box, _ in order
     ])
     assert loaded.x.dtype == np.uint8 and daemon.dtype == np.uint8
@@ -125,7 +144,7 @@ def test_training_loader_equals_daemon_crop(photos, tmp_path: Path, fmt: str, si
     assert loaded.y.tolist() == [label for *_, label in order]
     # Not vacuous: real faces whose crops are both smaller and larger than the input size
     # (both resize interpolations), and one crop padded past the frame's corner.
-    sides = [square_box(box, margin)[2] for *_, box, _ in order]
+    sides = [crop_square(box, g).w for *_, box, _ in order]
     assert min(sides) < size < max(sides)
     assert any(box.x < 0 for *_, box, _ in order)
 
@@ -170,7 +189,7 @@ def exported(photos, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespac
     # Untrained, so give it something to say: BatchNorm statistics from real faces, and a
     # head scaled so its logits vary from face to face by ~2 units, as a trained model's do.
     root = tmp_path_factory.mktemp("parity")
-    write_dataset(root / "faces", photos, "bgr", DEFAULT_CROP_MARGIN)
+    write_dataset(root / "faces", photos, "bgr", GEOMETRIES["margin"])
     faces = load_folder(root / "faces", 48)
     if FER_VAL.is_file():
         with np.load(FER_VAL) as d:
@@ -206,7 +225,7 @@ def _daemon_scores(clf, rec, photos) -> tuple[np.ndarray, list[np.ndarray]]:
     scores, fed = [], []
     for _, frame, boxes in photos:
         start = len(rec.fed)
-        scores.append(clf.classify(to_gray(frame), boxes))
+        scores.append(clf.classify(to_gray(frame), [crop_square(b, clf.bundle.geometry_for("yunet")) for b in boxes]))
         assert len(rec.fed) - start == len(boxes)
         fed.extend(rec.fed[start:])
     return np.concatenate(scores), fed
@@ -220,9 +239,9 @@ def test_classifier_feeds_exactly_what_training_sees(exported, photos) -> None:
 
     clf, rec = _classifier(exported.tflite)
     bundle = clf.bundle
-    assert bundle.crop_margin == DEFAULT_CROP_MARGIN and bundle.input_size == 48
+    assert bundle.input_size == 48
     _, fed = _daemon_scores(clf, rec, photos)
-    order = write_dataset(exported.root / "again", photos, "bgr", bundle.crop_margin)
+    order = write_dataset(exported.root / "again", photos, "bgr", bundle.geometry_for("yunet"))
     loaded = load_folder(exported.root / "again", bundle.input_size)
     daemon_fed = np.stack([fed[i][0] for i, *_ in order])  # (N, 48, 48, 1), in the loader's order
     assert daemon_fed.dtype == np.uint8  # uint8 all the way: no float round trip on the Pi
@@ -253,7 +272,7 @@ def test_float_model_and_int8_bundle_score_faces_alike(exported, photos) -> None
 
     clf, rec = _classifier(exported.tflite)
     p_int8, _ = _daemon_scores(clf, rec, photos)
-    faces = np.stack([frame_face_tensor(to_gray(frame), box, 48, clf.bundle.crop_margin)
+    faces = np.stack([frame_face_tensor(to_gray(frame), crop_square(box, clf.bundle.geometry_for("yunet")), 48)
                       for _, frame, boxes in photos for box in boxes])
     p_float = keras_predict_fn(exported.model)(faces)
     # The model does discriminate between these faces (otherwise closeness would mean nothing)...

@@ -366,6 +366,18 @@ def float_predictions(model, faces: np.ndarray) -> np.ndarray:
     return keras_predict_fn(model)(faces)
 
 
+CROP_GEOMETRY = Path(__file__).with_name("crop_geometry.json")
+
+
+def read_crop_geometry(path: Path = CROP_GEOMETRY) -> dict[str, Any]:
+    """The fitted crop geometry bundles get (empty when none was fitted: margin-only framing)."""
+    if not path.is_file():
+        log.warning("%s is missing: the bundle gets no crop geometry and the daemon frames faces by crop_margin; "
+                    "run tools/fit_crop_geometry.py --out %s", path, path)
+        return {}
+    return dict(json.loads(path.read_text()))
+
+
 def export(
     model: str | Path,
     out_dir: str | Path,
@@ -377,6 +389,7 @@ def export(
     max_drop: float = MAX_INT8_DROP,
     training_data: dict[str, Any] | None = None,
     crop_margin: float = DEFAULT_CROP_MARGIN,
+    crop_geometry: dict[str, Any] | None = None,
     latency_runs: int = LATENCY_RUNS,
     report: bool = True,
     flip_tta: bool = False,
@@ -449,6 +462,9 @@ def export(
             "channels": channels,
             "normalization": "folded",
             "crop_margin": crop_margin,
+            # Detector box -> training framing, per detector (tools/fit_crop_geometry.py); it depends on the
+            # detectors and on how FER2013 faces were cropped, not on the network.
+            "crop_geometry": read_crop_geometry() if crop_geometry is None else crop_geometry,
             "output": "probabilities",
             "untrained": False,
             "test_time_augmentation": "flip" if flip_tta else "none",
