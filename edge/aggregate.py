@@ -1,4 +1,9 @@
-"""From tracks to messages: events per track change, a state summary per window, periodic stats."""
+"""From tracks to messages: events per track change, a state summary per window, periodic stats.
+
+Windows and stats intervals run on the frames' own timeline (``Frame.timestamp``):
+a recording's position, or a live camera's capture clock, so a file gives the
+same windows at its native rate and at file speed.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from edge.messages import Envelope
-from edge.protocols import Message
+from edge.protocols import Frame, Message
 from edge.settings import EventsSettings
 from edge.tracker import Track, TrackEvent
 
@@ -63,10 +68,10 @@ class Aggregator:
         self.clock = clock
         self.status_provider = status_provider  # sink counters for stats
         self.times = StageTimes()
-        now = clock()
-        self.started = now
-        self._window_start = now
-        self._stats_start = now
+        self.started = clock()  # uptime is wall time, whatever the frames' timeline
+        # Start of the current window and stats interval on the frames' timeline; set by the first frame.
+        self._window_start: float | None = None
+        self._stats_start: float | None = None
         self._reset_window()
         self._frames_in_total = 0
         self._processed_total = 0
@@ -83,9 +88,11 @@ class Aggregator:
 
     # -- per frame ---------------------------------------------------------------
 
-    def on_frame(self, tracks: Sequence[Track], events: Iterable[TrackEvent], frames_in: int, dropped: int) -> list[Message]:
+    def on_frame(self, frame: Frame, tracks: Sequence[Track], events: Iterable[TrackEvent], dropped: int) -> list[Message]:
         """Account for one processed frame; returns the messages due now."""
-        self._frames_in_total = frames_in
+        if self._window_start is None or self._stats_start is None:
+            self._window_start = self._stats_start = frame.timestamp
+        self._frames_in_total = frame.index + 1
         self._dropped_total = dropped
         self._processed_total += 1
         self._w_frames += 1
@@ -96,13 +103,14 @@ class Aggregator:
                 self._w_face_frames += 1
                 self._w_emotion_counts[t.emotion] += 1
                 self._w_score_sum += t.scores
-        out = [self.event_message(e) for e in events]
-        out.extend(self.due())
+        out = [self.event_message(e, frame) for e in events]
+        out.extend(self.due(frame.timestamp))
         return out
 
-    def due(self) -> list[Message]:
+    def due(self, now: float) -> list[Message]:
         """State and stats messages whose interval has passed (also called while no frames arrive)."""
-        now = self.clock()
+        if self._window_start is None or self._stats_start is None:
+            self._window_start = self._stats_start = now
         out = []
         if now - self._window_start >= self.settings.window_s:
             out.append(self.state_message(now))
@@ -110,10 +118,14 @@ class Aggregator:
             out.append(self.stats_message(now))
         return out
 
-    def flush(self, final_events: Iterable[TrackEvent]) -> list[Message]:
+    def ended(self, events: Iterable[TrackEvent], frame: Frame) -> list[Message]:
+        """Tracks ended outside a frame's own update (a photo's faces, once the next photo comes)."""
+        return [self.event_message(e, frame) for e in events]
+
+    def flush(self, final_events: Iterable[TrackEvent], last: Frame | None = None) -> list[Message]:
         """Shutdown: the ended tracks, then the partial window and last stats, so nothing is lost."""
-        now = self.clock()
-        out = [self.event_message(e) for e in final_events]
+        now = last.timestamp if last is not None else self.clock()
+        out = [self.event_message(e, last) for e in final_events]
         self.faces_now = 0
         out.append(self.state_message(now))
         out.append(self.stats_message(now))
@@ -121,12 +133,17 @@ class Aggregator:
 
     # -- payloads ----------------------------------------------------------------
 
-    def event_message(self, event: TrackEvent) -> Message:
+    def event_message(self, event: TrackEvent, frame: Frame | None = None) -> Message:
         t = event.track
-        body = {"type": event.type, "track_id": t.track_id, "box": list(map(int, t.box)), **event.data}
+        body: dict[str, Any] = {"type": event.type, "track_id": t.track_id, "box": list(map(int, t.box)), **event.data}
+        if frame is not None and frame.t_media is not None:
+            body["media_time_s"] = round(event.at, 3)  # where in the recording it happened
+        if frame is not None and frame.file is not None:
+            body["file"] = frame.file
         return self.envelope.message("events", body, qos=self.event_qos)
 
     def state_message(self, now: float) -> Message:
+        start = now if self._window_start is None else self._window_start
         counts = self._w_emotion_counts
         total = counts.sum()
         shares = counts / total if total else np.zeros(len(self.labels))
@@ -138,14 +155,14 @@ class Aggregator:
             "mean_scores": {k: round(float(v), 4) for k, v in zip(self.labels, means)},
             "frames": self._w_frames,
             "face_frames": self._w_face_frames,
-            "window_s": round(now - self._window_start, 3),
+            "window_s": round(now - start, 3),
         }
         self._window_start = now
         self._reset_window()
         return self.envelope.message("state", body)
 
     def stats_message(self, now: float) -> Message:
-        span = max(now - self._stats_start, 1e-9)
+        span = max(now - (now if self._stats_start is None else self._stats_start), 1e-9)
         f_in, f_done, f_drop = self._stats_marks
         body = {
             "fps": {
@@ -156,7 +173,7 @@ class Aggregator:
             "frames": {"in": self._frames_in_total, "processed": self._processed_total, "dropped": self._dropped_total},
             "latency_ms": self.times.summary_ms(),
             "faces": self.faces_now,
-            "uptime_s": round(now - self.started, 1),
+            "uptime_s": round(self.clock() - self.started, 1),
             **self.info,
         }
         if self.status_provider is not None:

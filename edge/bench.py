@@ -66,7 +66,7 @@ def measure(settings: EdgeSettings, frames: int) -> dict[str, Any]:
 
     settings = settings.model_copy(deep=True)
     settings.camera.loop = True  # a short clip is replayed to reach the frame count
-    settings.camera.demo_realtime = False
+    settings.camera.realtime = False
     settings.mqtt.persist = False  # a benchmark must not advance a running daemon's stored sequence numbers
     comps = daemon.build(settings, sinks=[SerializingSink()])
     pipe, source = comps.pipeline, comps.source

@@ -53,6 +53,7 @@ class Pipeline:
         self.detections_with_faces = 0
         self.skipped = 0
         self._last_shape: tuple[int, ...] = ()
+        self._last_frame: Frame | None = None
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -90,6 +91,11 @@ class Pipeline:
         if frame.gray is None:
             # Detection reuses this conversion instead of making its own.
             frame = dataclasses.replace(frame, gray=gray, gray_scale=1.0)
+        now = frame.timestamp
+        previous, self._last_frame = self._last_frame, frame
+        if frame.file is not None and previous is not None and previous.file != frame.file and self.tracker.tracks:
+            # A new photo is a new scene: the faces of the last one are gone, not missed.
+            self.publish(self.aggregator.ended(self.tracker.end_all(previous.timestamp), previous))
         carried = self.tracker.carried()
         # A new frame size (a reopened camera, a folder of mixed images) invalidates the carried boxes.
         detect = self.processed % self.detect_every == 0 or not carried or gray.shape != self._last_shape
@@ -102,15 +108,15 @@ class Pipeline:
             self.detections_with_faces += bool(boxes)
             scores = self._classify(gray, boxes)
             t2 = time.monotonic()
-            events = self.tracker.update(boxes, scores, t2)
+            events = self.tracker.update(boxes, scores, now)
         else:
             boxes = [t.box for t in carried]
             t1 = time.monotonic()
             scores = self._classify(gray, boxes)
             t2 = time.monotonic()
-            events = self.tracker.carry(carried, scores, t2)
+            events = self.tracker.carry(carried, scores, now)
         self.processed += 1
-        messages = self.aggregator.on_frame(self.tracker.tracks, events, frame.index + 1, self.source.dropped)
+        messages = self.aggregator.on_frame(frame, self.tracker.tracks, events, self.source.dropped)
         self.publish(messages)
         t3 = time.monotonic()
         times.add("capture", max(0.0, t0 - frame.t_capture))
@@ -123,11 +129,11 @@ class Pipeline:
 
     def idle(self) -> None:
         """No frame within the read timeout (camera gone or stalled): age the tracks as an empty pass."""
-        now = time.monotonic()
+        now = time.monotonic()  # only live sources go quiet, and their timeline is the capture clock
         events = self.tracker.update([], np.empty((0, len(self.tracker.labels)), np.float32), now) if self.tracker.tracks else []
         messages = [self.aggregator.event_message(e) for e in events]
         self.aggregator.faces_now = len(self.tracker.carried())
-        self.publish(messages + self.aggregator.due())
+        self.publish(messages + self.aggregator.due(now))
 
     def run(self, max_frames: int = 0) -> None:
         """Process frames until stopped, the source ends, or ``max_frames`` are done; then flush."""
@@ -147,4 +153,6 @@ class Pipeline:
                 if max_frames and self.processed >= max_frames:
                     break
         finally:
-            self.publish(self.aggregator.flush(self.tracker.end_all(time.monotonic())))
+            last = self._last_frame
+            end = last.timestamp if last is not None else time.monotonic()
+            self.publish(self.aggregator.flush(self.tracker.end_all(end), last))

@@ -35,6 +35,20 @@ class Frame:
     t_capture: float  # time.monotonic() when the frame was grabbed
     gray: np.ndarray | None = None
     gray_scale: float = 1.0
+    # Position in the recording (seconds from its start) for files and the demo clip; None for live sources.
+    t_media: float | None = None
+    # The photo this frame is, when each image is a scene of its own (an image folder); None otherwise.
+    file: str | None = None
+
+    @property
+    def timestamp(self) -> float:
+        """The frame's time on its own timeline: the position in the recording, else the capture time.
+
+        Tracking, dwell times, durations and windows all run on it, so that a
+        file gives the same events whether it plays at its native rate or as
+        fast as the CPU allows.
+        """
+        return self.t_capture if self.t_media is None else self.t_media
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,10 @@ import os
 import socket
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "DEEPFER_"
@@ -22,6 +23,17 @@ ENV_PREFIX = "DEEPFER_"
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Settings that existed once: old name -> what replaced it, said to whoever still sets the old one.
+    RENAMED: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            old = [k for k in data if k in cls.RENAMED]
+            if old:
+                raise ValueError("; ".join(f"{k} is no longer a setting: {cls.RENAMED[k]}" for k in old))
+        return data
 
 
 class CameraSettings(Section):
@@ -32,13 +44,20 @@ class CameraSettings(Section):
     )
     width: int = Field(640, ge=16, le=8192, description="Requested capture width in pixels (live cameras).")
     height: int = Field(480, ge=16, le=8192, description="Requested capture height in pixels (live cameras).")
-    fps: float = Field(15.0, gt=0, le=240, description="Requested capture rate (live cameras); files play as fast as processed.")
+    fps: float = Field(15.0, gt=0, le=240, description="Requested capture rate (live cameras); the frame rate of the demo clip "
+                       "and of an image folder played as a sequence.")
     lores_width: int = Field(320, ge=16, le=4096, description="CSI only: width of the low-resolution YUV stream used for detection.")
     loop: bool = Field(False, description="Restart a video file or image folder at its end instead of stopping.")
+    realtime: bool | None = Field(None, description="Play a video file, the demo or an image sequence at its own rate, like a camera "
+                                  "(frames that fall behind are dropped); false: as fast as processed, on the recording's own "
+                                  "timeline either way. Empty = on for the demo, off for files.")
+    sequence: bool = Field(False, description="An image folder is the frames of one time-lapse (camera.fps apart) instead of a "
+                           "set of separate photos.")
     reopen_backoff_s: float = Field(1.0, gt=0, description="First delay before reopening a vanished camera; doubles up to reopen_backoff_max_s.")
     reopen_backoff_max_s: float = Field(30.0, gt=0, description="Longest delay between attempts to reopen a camera.")
     demo_frames: int = Field(240, ge=1, description="Frames in the generated demo clip.")
-    demo_realtime: bool = Field(True, description="Play the demo clip at camera.fps like a live camera (false: as fast as processed).")
+
+    RENAMED: ClassVar[dict[str, str]] = {"demo_realtime": "use camera.realtime (true or false; empty: on for the demo)"}
 
 
 class DetectorSettings(Section):
@@ -64,9 +83,18 @@ class ClassifierSettings(Section):
 class TrackerSettings(Section):
     iou_threshold: float = Field(0.3, gt=0, lt=1, description="Minimum box overlap (IoU) to continue a track.")
     max_missed: int = Field(10, ge=0, description="Detection passes a track survives without a matching face before it ends.")
-    smoothing: float = Field(0.3, gt=0, le=1, description="Weight of the newest scores in the per-track exponential moving average.")
+    smoothing_s: float = Field(0.5, ge=0, le=60, description="Time constant (seconds) of each track's moving average of scores "
+                               "(0 = no smoothing); the same at any frame rate.")
     hysteresis: float = Field(0.1, ge=0, lt=1, description="A new emotion must lead the current one by this much (smoothed score).")
-    min_frames: int = Field(3, ge=1, description="Frames a new emotion must lead before the track's emotion changes.")
+    min_dwell_s: float = Field(1.0, ge=0, le=600, description="Seconds a new emotion must lead before the track's emotion changes "
+                               "(emotion_changed); the shortest an emotion segment can be.")
+
+    RENAMED: ClassVar[dict[str, str]] = {
+        "smoothing": "it was a weight per frame, so its meaning changed with the frame rate; use tracker.smoothing_s, a time "
+                     "constant in seconds (default 0.5; the old 0.3 at 15 fps is about 0.19)",
+        "min_frames": "it counted frames, so its meaning changed with the frame rate; use tracker.min_dwell_s, in seconds "
+                      "(default 1.0; the old 3 at 15 fps is 0.2)",
+    }
 
 
 class EventsSettings(Section):
@@ -195,7 +223,8 @@ def format_validation_error(exc: ValidationError, origin: str) -> str:
         else:
             got = err.get("input")
             shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
-            lines.append(f"{loc}: {err['msg']}{shown}")
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{loc}: {msg}{shown}")
     return f"invalid settings ({origin}):\n  " + "\n  ".join(lines)
 
 

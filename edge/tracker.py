@@ -1,5 +1,11 @@
 """Face tracks: stable ids across frames, smoothed scores, emotion with hysteresis.
 
+Time, not frames, defines both the smoothing (an exponential moving average
+with time constant ``smoothing_s``) and the dwell (a new emotion must lead for
+``min_dwell_s`` before the track changes to it), so a clip gives the same
+emotions at 5, 15 or 30 fps and at file speed. ``now`` is the frame's own
+timestamp (its position in a recording, or its capture time).
+
 A greedy IoU match is enough here: a shelf camera sees a handful of faces that
 move little between frames, and the greedy match is exact whenever faces do not
 overlap.
@@ -28,6 +34,15 @@ def iou(a: Box, b: Box) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def ema(average: np.ndarray, new: np.ndarray, dt: float, tau: float) -> np.ndarray:
+    """One step of an exponential moving average in time: after ``dt`` seconds the old average keeps
+    exp(-dt / tau) of its weight, whatever the frame rate (``tau`` 0: no smoothing)."""
+    if tau <= 0:
+        return new
+    keep = float(np.exp(-dt / tau))
+    return (keep * average + (1.0 - keep) * new).astype(np.float32)
+
+
 @dataclass
 class Track:
     track_id: int
@@ -40,7 +55,7 @@ class Track:
     missed: int = 0
     frames: int = 1
     candidate: int = -1
-    candidate_frames: int = 0
+    candidate_since: float = 0.0
     time_per_emotion: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @property
@@ -55,6 +70,7 @@ class TrackEvent:
     type: str  # track_started | emotion_changed | track_ended
     track: Track
     data: dict[str, Any]
+    at: float = 0.0  # the timestamp of the frame it happened on
 
 
 class Tracker:
@@ -140,29 +156,28 @@ class Tracker:
         self._next_id += 1
         self.tracks.append(track)
         log.debug("track %d started (%s)", track.track_id, self.labels[emotion])
-        return TrackEvent("track_started", track, {"emotion": self.labels[emotion], "confidence": round(track.confidence, 4)})
+        return TrackEvent("track_started", track, {"emotion": self.labels[emotion], "confidence": round(track.confidence, 4)}, now)
 
     def _advance(self, track: Track, box: Box, scores: np.ndarray, now: float) -> TrackEvent | None:
         s = self.settings
-        track.time_per_emotion[track.emotion] += now - track.last_update
+        dt = max(0.0, now - track.last_update)
+        track.time_per_emotion[track.emotion] += dt
         track.last_update = now
         track.box = box
         track.missed = 0
         track.frames += 1
-        track.scores = (1.0 - s.smoothing) * track.scores + s.smoothing * np.asarray(scores, np.float32)
+        track.scores = ema(track.scores, np.asarray(scores, np.float32), dt, s.smoothing_s)
         top = int(np.argmax(track.scores))
         if top == track.emotion or track.scores[top] - track.scores[track.emotion] < s.hysteresis:
-            track.candidate, track.candidate_frames = -1, 0
+            track.candidate = -1
             return None
-        if top == track.candidate:
-            track.candidate_frames += 1
-        else:
-            track.candidate, track.candidate_frames = top, 1
-        if track.candidate_frames < s.min_frames:
+        if top != track.candidate:
+            track.candidate, track.candidate_since = top, now
+        if now - track.candidate_since < s.min_dwell_s:
             return None
         previous, held = track.emotion, now - track.emotion_since
         track.emotion, track.emotion_since = top, now
-        track.candidate, track.candidate_frames = -1, 0
+        track.candidate = -1
         log.debug("track %d: %s -> %s", track.track_id, self.labels[previous], self.labels[top])
         return TrackEvent(
             "emotion_changed",
@@ -173,6 +188,7 @@ class Tracker:
                 "confidence": round(track.confidence, 4),
                 "previous_duration_s": round(held, 3),
             },
+            now,
         )
 
     def _end(self, track: Track, now: float) -> TrackEvent:
@@ -190,4 +206,5 @@ class Tracker:
                 "shares": {label: round(float(v), 4) for label, v in zip(self.labels, shares)},
                 "frames": track.frames,
             },
+            now,
         )

@@ -10,6 +10,7 @@ from edge.aggregate import Aggregator
 from edge.labels import EMOTIONS
 from edge.messages import SCHEMA_VERSION, Envelope
 from edge.preprocess import Box
+from edge.protocols import Frame
 from edge.settings import EventsSettings, TrackerSettings
 from edge.tracker import Tracker
 
@@ -35,14 +36,18 @@ def rig():
     clock = Clock()
     env = Envelope("shelf-1")
     agg = Aggregator(EventsSettings(window_s=5, stats_interval_s=10), EMOTIONS, env, {"backend": "cpu"}, clock=clock)
-    tr = Tracker(TrackerSettings(smoothing=1.0, hysteresis=0.1, min_frames=2), EMOTIONS)
+    tr = Tracker(TrackerSettings(smoothing_s=0, hysteresis=0.1, min_dwell_s=1.0), EMOTIONS)
     return clock, agg, tr
 
 
 def step(clock, agg, tr, t, boxes, s, frames_in):
     clock.t = t
     ev = tr.update(boxes, s if len(boxes) else np.empty((0, 7)), t)
-    return agg.on_frame(tr.tracks, ev, frames_in, 0)
+    return agg.on_frame(live_frame(t, frames_in - 1), tr.tracks, ev, 0)
+
+
+def live_frame(t, index, **kw):
+    return Frame(image=np.zeros((2, 2, 3), np.uint8), index=index, t_capture=t, **kw)
 
 
 def check_envelope(payload, seq):
@@ -118,3 +123,26 @@ def test_sequence_numbers_survive_a_restart(tmp_path):
     assert env2.message("state", {}).payload["seq"] == 1
     f.write_text("not json")
     assert Envelope("d", f).message("events", {}).payload["seq"] == 1
+
+
+def test_windows_and_events_of_a_recording_run_on_its_own_timeline(rig):
+    clock, agg, tr = rig
+    clock.t = 1000.0  # wall time is far from the recording's position and stands still: file speed
+    box = Box(0, 0, 40, 40)
+    out = []
+    for k in range(13):  # a recording 0..6 s at 2 frames/s
+        t = k / 2
+        ev = tr.update([box], scores(HAPPY if t < 3 else SAD), t)
+        out += agg.on_frame(Frame(np.zeros((2, 2, 3), np.uint8), k, 1000.0, t_media=t), tr.tracks, ev, 0)
+    states = [m.payload for m in out if m.topic == "state"]
+    assert [s["window_s"] for s in states] == [5.0]  # one whole window, by the recording's clock
+    events = [m.payload for m in out if m.topic == "events"]
+    assert [(e["type"], e["media_time_s"]) for e in events] == [("track_started", 0.0), ("emotion_changed", 4.0)]
+    assert "file" not in events[0]
+
+
+def test_events_of_a_photo_name_its_file(rig):
+    _, agg, tr = rig
+    ev = tr.update([Box(0, 0, 40, 40)], scores(HAPPY), 5.0)
+    (msg,) = agg.on_frame(live_frame(5.0, 0, file="party.jpg"), tr.tracks, ev, 0)
+    assert msg.payload["file"] == "party.jpg" and "media_time_s" not in msg.payload

@@ -30,7 +30,7 @@ def write(tmp_path, text):
 
 def test_defaults():
     s = load_settings()
-    assert s.camera.source == "demo" and s.detector.kind == "haar" and s.mqtt.enabled is False
+    assert s.camera.source == "demo" and s.detector.kind == "yunet" and s.mqtt.enabled is False
     assert s.mqtt.prefix == "deepfer" and s.device_id
 
 

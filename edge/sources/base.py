@@ -53,20 +53,34 @@ def normalise_image(image: Any) -> np.ndarray | None:
 
 
 class FiniteSource:
-    """A source that is read as fast as it is consumed: a file, a folder, the demo clip.
+    """A recording: a file, a folder, the demo clip; read as fast as it is consumed, or at its own rate.
 
     Subclasses provide ``_pass()``, a generator over one pass of raw frames
-    (None for an item that cannot be read), plus ``_start()``/``_stop()``.
+    (None for an item that cannot be read), plus ``_start()``/``_stop()``, and
+    ``_position()``: the position in the recording of the frame just yielded
+    (seconds; None where the recording has no timeline, such as a set of photos)
+    and ``_file()``: the photo it is, where each image is its own scene.
     Every raw frame counts in ``Frame.index``; unusable ones are counted as
     ``skipped``. At the end of a pass the source either raises ``EndOfStream``
-    or, with ``loop``, starts again (unless a whole pass gave no usable frame).
+    or, with ``loop``, starts again (unless a whole pass gave no usable frame);
+    positions go on rising across passes.
+
+    With ``realtime`` frames are handed over at the pace of their positions,
+    like a camera's; a consumer that falls behind by more than ``LAG_S`` gets
+    the frames it missed skipped and counted as ``dropped``, as a camera does.
     """
 
     live = False
+    LAG_S = 0.2  # behind the recording's own pace by this much, frames are dropped to catch up
 
-    def __init__(self, name: str, loop: bool) -> None:
+    def __init__(self, name: str, loop: bool, realtime: bool = False) -> None:
         self.name = name
         self.loop = loop
+        self.realtime = realtime
+        self._pace_origin: float | None = None  # monotonic time of position 0 when realtime
+        self._dropped = 0
+        self._pass_offset = 0.0  # positions of earlier passes (loop)
+        self._last_position = 0.0
         self._frames: Iterator[np.ndarray | None] | None = None
         self._index = 0
         self._skipped = 0
@@ -86,6 +100,18 @@ class FiniteSource:
     def _describe_skip(self, index: int) -> str:
         return f"frame {index}"
 
+    def _position(self, index: int) -> float | None:
+        """Position in this pass of the frame just yielded (seconds), or None: no timeline."""
+        return None
+
+    def _file(self) -> str | None:
+        """The photo just yielded, when every image is a scene of its own; None otherwise."""
+        return None
+
+    def _frame_period(self) -> float:
+        """The recording's frame interval (seconds), for the gap between passes of a loop."""
+        return 0.0
+
     # FrameSource ---------------------------------------------------------------------
     def open(self) -> None:
         if self._frames is not None:
@@ -104,20 +130,41 @@ class FiniteSource:
             except StopIteration:
                 if not self.loop or self._good_in_pass == 0:
                     raise EndOfStream(self.name) from None
+                self._pass_offset = self._last_position + self._frame_period()
                 self._restart()
                 continue
             index = self._index
             self._index += 1
+            position = self._position(index)
+            t_media = None if position is None else self._pass_offset + position
+            if t_media is not None:
+                self._last_position = t_media
+                if self.realtime and not self._pace(t_media):
+                    self._dropped += 1
+                    continue
             image = normalise_image(raw) if raw is not None else None
             if image is None:
                 self._skip(index, raw)
                 continue
             self._good_in_pass += 1
-            return Frame(image=image, index=index, t_capture=time.monotonic())
+            return Frame(image=image, index=index, t_capture=time.monotonic(), t_media=t_media, file=self._file())
+
+    def _pace(self, t_media: float) -> bool:
+        """Wait until the frame at ``t_media`` is due; False when it is already too late (drop it)."""
+        now = time.monotonic()
+        if self._pace_origin is None:
+            self._pace_origin = now - t_media
+        due = self._pace_origin + t_media
+        if now > due + self.LAG_S:
+            return False
+        if due > now:
+            time.sleep(due - now)
+        return True
 
     @property
     def dropped(self) -> int:
-        return 0
+        """Frames skipped to keep up with the recording's own pace (``realtime`` only)."""
+        return self._dropped
 
     @property
     def skipped(self) -> int:

@@ -137,12 +137,17 @@ def stream_source(settings: CameraSettings, target: str) -> StreamSource:
 
 
 class VideoFileSource(FiniteSource):
-    """Every frame of a video file, in order, as fast as they are read."""
+    """Every frame of a video file, in order: as fast as they are read, or at the file's own rate
+    (``realtime``). Each frame carries its position in the file (its timestamp in the stream, else
+    its index over the container's frame rate)."""
 
-    def __init__(self, path: Path, loop: bool) -> None:
-        super().__init__(f"file {path}", loop)
+    def __init__(self, path: Path, loop: bool, realtime: bool = False) -> None:
+        super().__init__(f"file {path}", loop, realtime)
         self.path = path
         self._cap: cv2.VideoCapture | None = None
+        self._fps = 0.0
+        self._first = 0  # index of this pass's first frame
+        self._previous = -1.0
 
     def _start(self) -> None:
         if not self.path.is_file():
@@ -153,6 +158,25 @@ class VideoFileSource(FiniteSource):
             raise SourceError(f"camera.source: video file {self.path} cannot be decoded by OpenCV (FFmpeg); "
                               "check that it is a complete video file, or convert it: `ffmpeg -i IN -c:v libx264 OUT.mp4`")
         self._cap = cap
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        self._fps = fps if 0 < fps < 1000 else 0.0
+        self._first = self._index
+        self._previous = -1.0
+
+    def _position(self, index: int) -> float | None:
+        # The decoder's timestamp of the frame just read; containers without timestamps report 0 for
+        # every frame, so fall back to index / fps (or 1/30 s per frame when even that is unknown).
+        n = index - self._first
+        by_count = n / (self._fps or 30.0)
+        ms = self._cap.get(cv2.CAP_PROP_POS_MSEC) if self._cap is not None else 0.0
+        t = ms / 1000.0 if ms > 0 or n == 0 else by_count
+        if t <= self._previous:
+            t = by_count if by_count > self._previous else self._previous + 1.0 / (self._fps or 30.0)
+        self._previous = t
+        return t
+
+    def _frame_period(self) -> float:
+        return 1.0 / (self._fps or 30.0)
 
     def _pass(self) -> Iterator[np.ndarray | None]:
         cap = self._cap
@@ -170,4 +194,4 @@ class VideoFileSource(FiniteSource):
 
 @SOURCES.register("video")
 def video_source(settings: CameraSettings, target: str) -> VideoFileSource:
-    return VideoFileSource(Path(target), settings.loop)
+    return VideoFileSource(Path(target), settings.loop, realtime=bool(settings.realtime))
