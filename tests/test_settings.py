@@ -66,8 +66,8 @@ def test_errors_name_the_field(tmp_path, text, needle):
 
 
 def test_env_errors_are_config_errors(monkeypatch):
-    monkeypatch.setenv("DEEPFER_TRACKER__MIN_FRAMES", "zero")
-    with pytest.raises(ConfigError, match="tracker.min_frames"):
+    monkeypatch.setenv("DEEPFER_TRACKER__MIN_DWELL_S", "zero")
+    with pytest.raises(ConfigError, match="tracker.min_dwell_s"):
         load_settings()
 
 
