@@ -23,10 +23,12 @@ log = logging.getLogger("deepfer.edge")
 
 EX_UNAVAILABLE = 69  # sysexits.h: the camera may come back, so a supervisor should retry
 
-COMMANDS = ("run", "check", "bench", "config", "watch")
+COMMANDS = ("run", "analyze", "check", "bench", "config", "watch")
 EPILOG = """\
 commands:
   run      (default) process frames and publish emotion events
+  analyze  PATH...: the emotions in photos, videos and folders of them, as a table,
+           --json lines or --csv; --annotate DIR writes copies with faces labelled
   check    open the camera, load the model, reach the broker; say what is wrong
   bench    per-stage latency and throughput on this device (use a clip: --camera clip.mp4);
            with --faces val.npz: end-to-end accuracy of detection, framing and model
@@ -43,6 +45,7 @@ examples:
   deepfer-edge --config /etc/deepfer/edge.toml
   deepfer-edge check --config /etc/deepfer/edge.toml
   deepfer-edge bench --camera clip.mp4
+  deepfer-edge analyze party.jpg holiday/ clip.mp4 --json --annotate out/
 """
 
 
@@ -54,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("command", nargs="?", choices=COMMANDS, default="run", help=argparse.SUPPRESS)
+    p.add_argument("paths", nargs="*", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--config", type=Path, metavar="TOML", help="settings file (e.g. /etc/deepfer/edge.toml)")
     g = p.add_argument_group("camera")
     g.add_argument("--camera", metavar="SRC", help="csi | usb:N | /dev/videoN | rtsp://… | http://… | video file | image folder | demo")
@@ -79,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bench: end-to-end accuracy instead of speed, on a clip rendered from these labelled 48x48 faces "
                         "(e.g. FER2013 val.npz; never training faces)")
     g.add_argument("--limit", type=int, default=0, metavar="N", help="bench --faces: use N faces drawn at random (0 = all)")
-    g.add_argument("--json", action="store_true", help="bench/check/config: print JSON")
+    g.add_argument("--json", action="store_true", help="analyze/bench/check/config: print JSON (analyze: one line per file)")
+    g.add_argument("--csv", action="store_true", help="analyze: CSV, one row per face of a photo and per track and frame of a video")
+    g.add_argument("--annotate", type=Path, metavar="DIR", help="analyze: write copies of the photos and videos with faces labelled")
     g.add_argument("--reference", action="store_true", help="config: list every setting with its description and default")
     g.add_argument("--device", metavar="ID", help="watch: show only this device")
     g.add_argument("--duration", type=float, default=0.0, metavar="S", help="watch: stop after S seconds (0 = until Ctrl-C)")
@@ -141,7 +147,12 @@ def settings_reference() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.paths and args.command != "analyze":
+        parser.error(f"unexpected argument {args.paths[0]} (only analyze takes paths; the camera is --camera SRC)")
+    if args.json and args.csv:
+        parser.error("choose one of --json and --csv")
     if args.command == "config" and args.reference:
         sys.stdout.write(settings_reference() + "\n")
         return 0
@@ -169,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
             from edge.watch import watch
 
             return watch(settings, device=args.device, duration=args.duration)
+        if args.command == "analyze":
+            from edge.analyze import analyze
+
+            fmt = "json" if args.json else "csv" if args.csv else "text"
+            return analyze(settings, args.paths, fmt, args.annotate)
         if args.command == "check":
             from edge.check import check
 

@@ -13,7 +13,8 @@ from edge.aggregate import Aggregator
 from edge.bundle import ModelBundle, load_bundle
 from edge.messages import Envelope
 from edge.pipeline import Pipeline
-from edge.protocols import CameraUnavailable, EventSink, FrameSource, SourceError
+from edge.preprocess import CropGeometry
+from edge.protocols import CameraUnavailable, Classifier, EventSink, FaceDetector, FrameSource, SourceError
 from edge.settings import EdgeSettings
 from edge.tracker import Tracker
 
@@ -32,20 +33,38 @@ class Components:
     sinks: list[EventSink] = field(default_factory=list)
 
 
-def build(settings: EdgeSettings, sinks: list[EventSink] | None = None, source: FrameSource | None = None) -> Components:
-    """Create every component from its own settings section (nothing is started yet); ``sinks`` and
-    ``source`` replace the configured ones (bench, tests)."""
+@dataclass
+class Models:
+    """The two models and how faces are framed between them."""
+
+    bundle: ModelBundle
+    detector: FaceDetector
+    classifier: Classifier
+    geometry: CropGeometry
+
+
+def build_models(settings: EdgeSettings) -> Models:
     from edge.classifier import create_classifier
     from edge.detectors import create_detector
-    from edge.sinks import create_sinks
-    from edge.sinks.mqtt_sink import sequence_file
-    from edge.sources import open_source
 
     bundle = load_bundle(settings.classifier.model)
     if bundle.untrained:
         log.warning("model %s is an UNTRAINED placeholder: its emotions are meaningless", bundle.name)
     classifier = create_classifier(bundle, settings.classifier)
     detector = create_detector(settings.detector)
+    return Models(bundle, detector, classifier, bundle.geometry_for(detector.name))
+
+
+def build(settings: EdgeSettings, sinks: list[EventSink] | None = None, source: FrameSource | None = None,
+          models: Models | None = None) -> Components:
+    """Create every component from its own settings section (nothing is started yet); ``sinks``,
+    ``source`` and ``models`` replace the configured ones (bench, analyze, tests)."""
+    from edge.sinks import create_sinks
+    from edge.sinks.mqtt_sink import sequence_file
+    from edge.sources import open_source
+
+    models = build_models(settings) if models is None else models
+    bundle, detector, classifier = models.bundle, models.detector, models.classifier
     source = open_source(settings.camera) if source is None else source
     envelope = Envelope(settings.device_id, sequence_file(settings.mqtt))
     sinks = create_sinks(settings, envelope, bundle.labels) if sinks is None else sinks
@@ -60,7 +79,7 @@ def build(settings: EdgeSettings, sinks: list[EventSink] | None = None, source: 
     tracker = Tracker(settings.tracker, bundle.labels)
     pipeline = Pipeline(
         source, detector, classifier, tracker, aggregator, sinks,
-        detect_every=settings.detector.every_n_frames, geometry=bundle.geometry_for(detector.name),
+        detect_every=settings.detector.every_n_frames, geometry=models.geometry,
     )
     aggregator.status_provider = pipeline.sink_status
     if len(sinks) == 1 and hasattr(sinks[0], "on_broken_pipe"):

@@ -19,7 +19,7 @@ import numpy as np
 from edge.aggregate import Aggregator
 from edge.preprocess import DEFAULT_CROP_MARGIN, Box, CropGeometry, crop_square, to_gray
 from edge.protocols import Classifier, EndOfStream, EventSink, FaceDetector, Frame, FrameSource, Message
-from edge.tracker import Tracker
+from edge.tracker import Track, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ class Pipeline:
         detect_every: int = 1,
         geometry: CropGeometry | None = None,
         heartbeat: Callable[[Mapping[str, Any]], None] | None = None,
+        frame_hook: Callable[[Frame, Sequence[Track]], None] | None = None,
     ) -> None:
         self.source = source
         self.detector = detector
@@ -47,6 +48,7 @@ class Pipeline:
         # Detector box -> the square the model was trained on (measured per detector; the bundle holds it).
         self.geometry = geometry or CropGeometry.from_margin(DEFAULT_CROP_MARGIN)
         self.heartbeat = heartbeat  # watchdog + status line, called from this loop so a stuck loop is noticed
+        self.frame_hook = frame_hook  # sees every processed frame with its tracks (analyze: per-frame rows, drawing)
         self.stop_event = threading.Event()
         self.processed = 0
         self.detections = 0  # frames on which the detector ran
@@ -118,6 +120,8 @@ class Pipeline:
         self.processed += 1
         messages = self.aggregator.on_frame(frame, self.tracker.tracks, events, self.source.dropped)
         self.publish(messages)
+        if self.frame_hook is not None:
+            self.frame_hook(frame, self.tracker.carried())
         t3 = time.monotonic()
         times.add("capture", max(0.0, t0 - frame.t_capture))
         times.add("classify", t2 - t1)
