@@ -485,6 +485,11 @@ def test_bundle_json_fields(bundle: SimpleNamespace, trained: SimpleNamespace) -
     assert b.labels == EMOTIONS and b.input_size == 48 and b.channels == 1
     assert b.crop_margin == DEFAULT_CROP_MARGIN and b.normalization == "folded" and not b.untrained
     assert b.name == "tiny_int8" and b.version == "9.9.9"
+    # Every exported bundle carries the fitted framing of train/crop_geometry.json (tools/fit_crop_geometry.py).
+    from train.export import read_crop_geometry
+
+    assert set(b.crop_geometry) == {"haar", "yunet"}
+    assert b.crop_geometry["yunet"].scale == read_crop_geometry()["yunet"]["scale"]
     m = bundle.meta
     assert m["output"] == "probabilities" and m["input_dtype"] == "uint8" and m["output_dtype"] == "uint8"
     assert m["input_quantization"] == {"scale": 1.0, "zero_point": 0}  # raw pixels in, 1:1
