@@ -105,6 +105,8 @@ def read_password(settings: MqttSettings) -> str | None:
                 f"mqtt.password_file {settings.password_file} cannot be read ({exc.strerror}); "
                 "fix the path or its permissions"
             ) from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"mqtt.password_file {settings.password_file} is not UTF-8 text; save the password as UTF-8") from None
         lines = text.splitlines()
         return lines[0] if lines else ""
     if settings.password is not None:
@@ -134,8 +136,6 @@ def make_client(settings: MqttSettings, client_id: str = "", password: str | Non
         for field, path in (("mqtt.ca_file", settings.ca_file), ("mqtt.cert_file", settings.cert_file), ("mqtt.key_file", settings.key_file)):
             if path is not None and not path.is_file():
                 raise ConfigError(f"{field} {path} does not exist; fix the path or remove the setting")
-        if (settings.cert_file is None) != (settings.key_file is None):
-            raise ConfigError("mqtt.cert_file and mqtt.key_file go together for client certificates; set both or neither")
         try:
             client.tls_set(
                 ca_certs=str(settings.ca_file) if settings.ca_file else None,
