@@ -501,3 +501,138 @@ def test_an_outage_logs_one_warning_per_change_not_per_retry(
     broker.start()
     assert wait_until(lambda: sink.status()["connected"])
     assert sink.status()["last_error"] is not None and sink.status()["reconnects"] == 1
+
+
+# --- seq integrity and damaged queue files (issue 13, items 3 and 4) ------------------------------
+
+
+def queue_events_during_an_outage(settings: MqttSettings, n: int) -> dict[int, bytes]:
+    """Run a sink that queues ``n`` events on disk while the broker is down; seq -> stored payload."""
+    envelope = Envelope(DEVICE, state_file=sequence_file(settings))
+    sink = MqttSink(settings, DEVICE, envelope)
+    sink.start()
+    messages = [envelope.message("events", {"track": i % 3, "emotion": "happy", "i": i}) for i in range(n)]
+    for message in messages:
+        sink.publish(message)
+    sink.stop(timeout=0.5)
+    path = journal_file(settings)
+    journal = EventJournal(path)
+    assert journal.count() == n
+    journal.close()
+    assert not path.with_name(path.name + "-wal").exists()  # all of it is in the main file now
+    from edge.sinks.wire import encode_payload
+
+    return {m.payload["seq"]: encode_payload(m.payload) for m in messages}
+
+
+@pytest.mark.parametrize("damage", ["missing", "unreadable"])
+def test_seq_continues_after_the_queued_events_when_the_sequence_file_is_lost(
+    persistent_setup: tuple[Broker, Subscriber], make_sink: Callable[..., MqttSink], tmp_path: Path, damage: str
+) -> None:
+    broker, sub = persistent_setup
+    broker.stop()
+    settings = broker.settings(persist=True, state_dir=tmp_path / "state")
+    queue_events_during_an_outage(settings, 80)
+    if damage == "missing":
+        sequence_file(settings).unlink()
+    else:
+        sequence_file(settings).write_bytes(b"\x00" * 40)
+    envelope = Envelope(DEVICE, state_file=sequence_file(settings))
+    sink = make_sink(settings, envelope)
+    publish_events(sink, envelope, 5)
+    broker.start()
+    assert sub.wait_for(lambda ms: len({json.loads(m.payload)["seq"] for m in ms if m.topic == EVENTS}) >= 85, timeout=30)
+    # A subscriber that de-duplicates on seq (as the README advises) keeps all 85 real events.
+    assert first_occurrences(seqs(sub)) == list(range(1, 86))
+    assert json.loads(sequence_file(settings).read_text())["events"] == 85
+
+
+def pages_holding(path: Path, payloads: dict[int, bytes], page_size: int = 4096) -> dict[int, int]:
+    """seq -> the file page its stored payload lies in (payloads are small: one page each)."""
+    data = path.read_bytes()
+    out = {}
+    for seq, payload in payloads.items():
+        at = data.find(payload)
+        assert at >= 0 and data.find(payload, at + 1) < 0
+        out[seq] = at // page_size
+    return out
+
+
+def test_a_damaged_queue_page_loses_only_the_events_on_it(
+    persistent_setup: tuple[Broker, Subscriber], make_sink: Callable[..., MqttSink], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="edge")
+    broker, sub = persistent_setup
+    broker.stop()
+    settings = broker.settings(persist=True, state_dir=tmp_path / "state")
+    payloads = queue_events_during_an_outage(settings, 80)
+    path = journal_file(settings)
+    pages = pages_holding(path, payloads)
+    damaged_page = pages[40]
+    assert len(set(pages.values())) >= 3 and damaged_page > 0  # the events span pages; page 0 holds the schema
+    data = bytearray(path.read_bytes())
+    data[damaged_page * 4096:(damaged_page + 1) * 4096] = bytes(range(256)) * 16
+    path.write_bytes(bytes(data))
+    intact = {seq for seq, page in pages.items() if page != damaged_page}
+
+    sink = make_sink(settings, Envelope(DEVICE, state_file=sequence_file(settings)))
+    assert sink.status()["queued"] == len(intact)
+    assert any(f"recovered {len(intact)} events" in r.getMessage() for r in caplog.records)
+    broker.start()
+    assert sub.wait_for(lambda ms: len({json.loads(m.payload)["seq"] for m in ms if m.topic == EVENTS}) >= len(intact), timeout=30)
+    assert set(seqs(sub)) == intact
+    assert {json.loads(m.payload)["seq"]: m.payload for m in sub.on(EVENTS)} == {s: payloads[s] for s in intact}
+    assert list(path.parent.glob("mqtt-events.sqlite3.corrupt-*"))
+
+
+def test_a_truncated_queue_file_never_publishes_a_corrupt_payload(
+    persistent_setup: tuple[Broker, Subscriber], make_sink: Callable[..., MqttSink], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="edge")
+    broker, sub = persistent_setup
+    broker.stop()
+    settings = broker.settings(persist=True, state_dir=tmp_path / "state")
+    payloads = queue_events_during_an_outage(settings, 80)
+    path = journal_file(settings)
+    path.write_bytes(path.read_bytes()[:-100])
+
+    sink = make_sink(settings, Envelope(DEVICE, state_file=sequence_file(settings)))
+    queued = sink.status()["queued"]
+    assert 0 < queued < 80
+    assert any("damaged" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records)
+    broker.start()
+    assert wait_until(lambda: sink.status()["delivered"] == queued, timeout=30)
+    sink.publish(Message(topic="events", payload={"marker": True}, qos=1))  # sent after every stored one
+    assert sub.wait_for(lambda ms: any(b"marker" in m.payload for m in ms), timeout=30)
+    stored = [m.payload for m in sub.on(EVENTS) if b"marker" not in m.payload]
+    assert stored and set(stored) <= set(payloads.values())  # each one exactly as it was queued, no NUL-filled ones
+
+
+def test_a_zero_byte_queue_file_is_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="edge")
+    path = tmp_path / "mqtt-events.sqlite3"
+    path.write_bytes(b"")
+    journal = EventJournal(path)
+    assert journal.load() == []
+    journal.close()
+    assert any("0-byte" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    EventJournal(path).close()  # a queue that was written once is not empty any more
+    assert not any("0-byte" in r.getMessage() for r in caplog.records)
+
+
+def test_salvage_steps_around_every_damaged_range() -> None:
+    from edge.sinks.event_journal import salvage_rows
+
+    keys = [k for k in range(1, 2001) if k % 7]  # gaps, as acknowledged events leave them
+    damaged = [(100, 180), (1500, 1999)]
+
+    def probe(key: int):
+        nxt = next((k for k in keys if k >= key), None)
+        reach = key if nxt is None else nxt
+        if any(lo <= reach <= hi for lo, hi in damaged) or (nxt is None and key <= 1999 and key >= 1500):
+            raise sqlite3.DatabaseError("database disk image is malformed")
+        return None if nxt is None else (nxt, "events", b"{}", 1)
+
+    got = [row[0] for row in salvage_rows(probe)]
+    assert got == [k for k in keys if not any(lo <= k <= hi for lo, hi in damaged)]

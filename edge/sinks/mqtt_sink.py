@@ -43,6 +43,7 @@ likely fix.
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import sqlite3
@@ -90,6 +91,20 @@ def sequence_file(settings: MqttSettings) -> Path | None:
 
 def journal_file(settings: MqttSettings) -> Path:
     return settings.state_dir / "mqtt-events.sqlite3"
+
+
+def highest_seqs(stored: list[StoredEvent]) -> dict[str, int]:
+    """Relative topic -> the highest envelope ``seq`` among the stored events (payloads without one are passed over)."""
+    out: dict[str, int] = {}
+    for event in stored:
+        try:
+            body = json.loads(event.payload)
+        except ValueError:
+            continue
+        seq = body.get("seq") if isinstance(body, dict) else None
+        if isinstance(seq, int) and seq > out.get(event.topic, 0):
+            out[event.topic] = seq
+    return out
 
 
 # --- connection set-up and error sentences (shared with check_broker) ---------------------------
@@ -508,6 +523,9 @@ class MqttSink:
                 "set mqtt.state_dir to a writable directory (systemd: StateDirectory=deepfer)"
             ) from None
         self._journal = journal
+        if self._envelope is not None:
+            for topic, seq in highest_seqs(stored).items():
+                self._envelope.continue_after(topic, seq)
         with self._cond:
             # Events published before start() go after the stored ones, renumbered, and are stored too.
             early = list(self._pending)
