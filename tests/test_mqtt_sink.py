@@ -636,3 +636,57 @@ def test_salvage_steps_around_every_damaged_range() -> None:
 
     got = [row[0] for row in salvage_rows(probe)]
     assert got == [k for k in keys if not any(lo <= k <= hi for lo, hi in damaged)]
+
+
+# --- connection hints say what was observed (item 7) ---------------------------------------------
+
+
+def first_problem(sink: MqttSink, caplog: pytest.LogCaptureFixture, timeout: float = 30.0) -> str:
+    assert wait_until(lambda: sink.status()["failed_attempts"] >= 1, timeout=timeout)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "retrying" in r.getMessage()]
+    assert warnings
+    return warnings[0]
+
+
+def test_mutual_tls_works_and_a_rejected_client_certificate_is_named(
+    broker_factory: Callable[..., Broker], make_sink: Callable[..., MqttSink], tls_files: TlsFiles, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="edge")
+    broker = broker_factory(tls=tls_files, require_certificate=True)
+    good = broker.settings(cert_file=tls_files.client_cert, key_file=tls_files.client_key)
+    assert check_broker(good, timeout=5) is None
+    sub = Subscriber(broker, [EVENTS])
+    publish_events(make_sink(good), Envelope(DEVICE), 2)
+    assert sub.wait_for(lambda ms: len(ms) >= 2)
+    sub.close()
+
+    stranger = broker.settings(cert_file=tls_files.stranger_cert, key_file=tls_files.stranger_key, client_id="deepfer-stranger")
+    problem = first_problem(make_sink(stranger), caplog)
+    for message in (problem, check_broker(stranger, timeout=5) or ""):
+        assert "client certificate" in message and "mqtt.cert_file" in message, message
+        assert "speaks TLS" not in message and "mqtt.tls" not in message, message
+    caplog.clear()
+    without = broker.settings(client_id="deepfer-no-cert")
+    problem = first_problem(make_sink(without), caplog)
+    assert "requires a client certificate" in problem and "mqtt.cert_file" in problem, problem
+
+
+def test_tls_to_a_plain_port_says_the_port_does_not_speak_tls(
+    broker: Broker, make_sink: Callable[..., MqttSink], tls_files: TlsFiles, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="edge")
+    settings = broker.settings(tls=True, ca_file=tls_files.ca)
+    for message in (first_problem(make_sink(settings), caplog), check_broker(settings, timeout=5) or ""):
+        assert "does not seem to speak TLS" in message and "mqtt.tls = false" in message and "mqtt.port" in message, message
+
+
+def test_a_broker_that_never_answers_gets_no_tls_hint(make_sink: Callable[..., MqttSink], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="edge")
+    with socket.socket() as hole:  # TCP connects; nothing ever answers the MQTT login
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(16)
+        settings = MqttSettings(host="127.0.0.1", port=hole.getsockname()[1], reconnect_min_s=0.1, reconnect_max_s=0.5, keepalive_s=5)
+        problem = first_problem(make_sink(settings), caplog)
+        assert "did not answer the login within 5 s" in problem and "TLS" not in problem, problem
+        message = check_broker(settings, timeout=2) or ""
+        assert "did not answer the login" in message and "TLS" not in message, message

@@ -172,6 +172,13 @@ def make_client(settings: MqttSettings, client_id: str = "", password: str | Non
 def describe_exception(exc: BaseException | None, settings: MqttSettings) -> str:
     """One sentence for a failed connection attempt: what happened at host:port and what to check."""
     where = f"{settings.host}:{settings.port}"
+    if settings.tls and _plain_port_answer(exc):
+        return (
+            f"MQTT broker {where} dropped the connection during the TLS handshake ({_reason(exc)}); "
+            "this port does not seem to speak TLS: set mqtt.port to the broker's TLS port (usually 8883) or mqtt.tls = false"
+        )
+    if isinstance(exc, ssl.SSLError) and (hint := tls_rejection(exc.reason or "", str(exc), settings)):
+        return hint
     if isinstance(exc, ssl.SSLCertVerificationError):
         code = getattr(exc, "verify_code", None)
         detail = getattr(exc, "verify_message", None) or str(exc)
@@ -187,7 +194,7 @@ def describe_exception(exc: BaseException | None, settings: MqttSettings) -> str
     if isinstance(exc, ssl.SSLError):
         return (
             f"TLS handshake with MQTT broker {where} failed ({exc.reason or exc}); "
-            "check that this port speaks TLS (mqtt.port, usually 8883) and the mqtt.ca_file/cert_file/key_file"
+            "check mqtt.ca_file, mqtt.cert_file and mqtt.key_file against the broker's TLS settings"
         )
     if isinstance(exc, ConnectionRefusedError):
         return f"MQTT broker {where} refused the connection; check that the broker runs and listens there (mqtt.host, mqtt.port)"
@@ -217,14 +224,108 @@ def describe_refusal(reason: Any, settings: MqttSettings) -> str:
     return f"MQTT broker {where} refused the connection ({name})"
 
 
+# OpenSSL alerts a broker sends when it refuses the client's certificate (or the lack of one).
+_CERT_REQUIRED = ("TLSV13_ALERT_CERTIFICATE_REQUIRED",)
+_CERT_REJECTED = (
+    "TLSV1_ALERT_UNKNOWN_CA", "SSLV3_ALERT_BAD_CERTIFICATE", "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED", "SSLV3_ALERT_CERTIFICATE_REVOKED", "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
+    "TLSV1_ALERT_ACCESS_DENIED", "TLSV1_ALERT_DECRYPT_ERROR",
+)
+
+
+def _reason(exc: BaseException | None) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _plain_port_answer(exc: BaseException | None) -> bool:
+    """What a TLS client sees from a port that speaks plain MQTT: a reset, an EOF or non-TLS bytes mid-handshake."""
+    if isinstance(exc, (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError)):
+        return True
+    return isinstance(exc, ssl.SSLError) and exc.reason in ("WRONG_VERSION_NUMBER", "UNEXPECTED_EOF_WHILE_READING", "RECORD_LAYER_FAILURE")
+
+
+def tls_rejection(reason: str, detail: str, settings: MqttSettings) -> str | None:
+    """The sentence for a broker's TLS alert about the client certificate, or None for other TLS errors."""
+    where = f"{settings.host}:{settings.port}"
+    if reason in _CERT_REQUIRED or (reason == "SSLV3_ALERT_HANDSHAKE_FAILURE" and settings.cert_file is None):
+        if settings.cert_file is None:
+            return (
+                f"MQTT broker {where} requires a client certificate ({detail}); "
+                "set mqtt.cert_file and mqtt.key_file to a certificate signed by a CA the broker trusts"
+            )
+        return f"MQTT broker {where} did not accept the client certificate {settings.cert_file} ({detail}); check mqtt.cert_file and mqtt.key_file"
+    if reason in _CERT_REJECTED:
+        return (
+            f"MQTT broker {where} rejected the client certificate {settings.cert_file or '(none)'} ({detail}); "
+            "set mqtt.cert_file and mqtt.key_file to a certificate signed by a CA the broker trusts (its cafile), "
+            "and check that it has not expired"
+        )
+    return None
+
+
+def describe_receive_error(text: str, settings: MqttSettings) -> str:
+    """One sentence for a connection that failed while waiting for the login answer, from paho's socket error text."""
+    where = f"{settings.host}:{settings.port}"
+    detail = text.removeprefix("failed to receive on socket: ")
+    reason = detail[len("[SSL: "):detail.find("]")] if detail.startswith("[SSL: ") else ""
+    if hint := tls_rejection(reason, detail, settings):
+        return hint
+    if not settings.tls:
+        # A TLS port answers a plain MQTT login by resetting or closing the connection.
+        return (
+            f"MQTT broker {where} broke off the connection before answering ({detail}); "
+            "if it expects TLS set mqtt.tls = true (and mqtt.port, usually 8883)"
+        )
+    if "EOF" in detail:
+        # A broker that refuses the client certificate after a TLS 1.3 handshake often just closes; its alert may be lost.
+        cert = f"the client certificate {settings.cert_file}" if settings.cert_file else "a missing client certificate"
+        return (
+            f"MQTT broker {where} closed the TLS connection before answering the login ({detail}); "
+            f"it may have refused {cert}: check mqtt.cert_file and mqtt.key_file, and the broker's log"
+        )
+    return f"MQTT broker {where} broke off the connection before answering the login ({detail}); check the broker's log"
+
+
 def describe_early_close(settings: MqttSettings) -> str:
+    """The broker closed the connection without answering the login and without an error on our side."""
     where = f"{settings.host}:{settings.port}"
     if settings.tls:
-        return f"MQTT broker {where} closed the connection before answering; check that this port speaks TLS (mqtt.port)"
+        # The handshake succeeded, so the port does speak TLS: the refusal came after it.
+        return (
+            f"MQTT broker {where} closed the connection after the TLS handshake without answering the login; "
+            "check the broker's log (it may refuse this client id, certificate or protocol version)"
+        )
     return (
         f"MQTT broker {where} closed the connection before answering; "
         "if it expects TLS set mqtt.tls = true (and mqtt.port, usually 8883)"
     )
+
+
+def describe_no_answer(settings: MqttSettings, waited_s: float) -> str:
+    """The connection stayed open but the login was never answered: a hung broker or something that is not MQTT."""
+    return (
+        f"MQTT broker {settings.host}:{settings.port} accepted the connection but did not answer the login within {waited_s:g} s; "
+        "check that it is an MQTT broker and that it is not hung or overloaded"
+    )
+
+
+class _SocketErrors:
+    """Paho reports why a read failed only in its log; keep the attempt's first such line for the error sentence.
+
+    The first one is the cause (a TLS alert); reads after it only see the closed socket.
+    """
+
+    def __init__(self) -> None:
+        self.last: str | None = None
+
+    def on_log(self, client: mqtt.Client, userdata: Any, level: int, text: Any) -> None:
+        message = str(text)
+        if self.last is None and level == mqtt.MQTT_LOG_ERR and message.startswith("failed to receive on socket"):
+            self.last = message
 
 
 def check_broker(settings: MqttSettings, timeout: float = 5.0) -> str | None:
@@ -243,6 +344,8 @@ def check_broker(settings: MqttSettings, timeout: float = 5.0) -> str | None:
         result["reason"] = reason
 
     client.on_connect = on_connect
+    socket_errors = _SocketErrors()
+    client.on_log = socket_errors.on_log
     client.connect_timeout = timeout
     try:
         client.connect(settings.host, settings.port, keepalive=max(5, int(timeout) + 5))
@@ -253,10 +356,12 @@ def check_broker(settings: MqttSettings, timeout: float = 5.0) -> str | None:
         while "reason" not in result and time.monotonic() < deadline:
             if client.loop(timeout=0.1) not in (MQTTErrorCode.MQTT_ERR_SUCCESS,):
                 if "reason" not in result:
+                    if socket_errors.last:
+                        return describe_receive_error(socket_errors.last, settings)
                     return describe_early_close(settings)
         reason = result.get("reason")
         if reason is None:
-            return f"MQTT broker {settings.host}:{settings.port} did not answer the login within {timeout:g} s; check that it is an MQTT broker"
+            return describe_no_answer(settings, timeout)
         if reason.is_failure:
             return describe_refusal(reason, settings)
         return None
@@ -340,6 +445,7 @@ class MqttSink:
         self._last_error: str | None = None
         self._problem: str | None = None
         self._attempt_answered = True
+        self._socket_errors = _SocketErrors()
         self._journal: EventJournal | None = None
         self._journal_error: str | None = None
         self._client: mqtt.Client | None = None
@@ -372,6 +478,7 @@ class MqttSink:
         client.on_connect_fail = self._guard(self._on_connect_fail)
         client.on_disconnect = self._guard(self._on_disconnect)
         client.on_publish = self._guard(self._on_publish)
+        client.on_log = self._guard(self._socket_errors.on_log)
         if self.settings.homeassistant:
             client.message_callback_add(homeassistant.status_topic(self.settings.discovery_prefix), self._guard(self._on_ha_status))
         self._client = client
@@ -711,6 +818,7 @@ class MqttSink:
 
     def _on_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
         self._attempt_answered = False
+        self._socket_errors.last = None
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         self._attempt_answered = True
@@ -756,7 +864,13 @@ class MqttSink:
             return
         if not self._attempt_answered:
             self._attempt_answered = True
-            self._report_problem(describe_early_close(self.settings))
+            name = reason.getName() if hasattr(reason, "getName") else str(reason)
+            if name == "Keep alive timeout":  # paho gave up waiting: the broker never closed anything
+                self._report_problem(describe_no_answer(self.settings, self.settings.keepalive_s))
+            elif self._socket_errors.last:
+                self._report_problem(describe_receive_error(self._socket_errors.last, self.settings))
+            else:
+                self._report_problem(describe_early_close(self.settings))
         elif was_connected:
             name = reason.getName() if hasattr(reason, "getName") else str(reason)
             # MQTT 3.1.1 carries no reason for a dropped connection; paho then says "Unspecified error".
