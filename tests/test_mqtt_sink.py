@@ -690,3 +690,53 @@ def test_a_broker_that_never_answers_gets_no_tls_hint(make_sink: Callable[..., M
         assert "did not answer the login within 5 s" in problem and "TLS" not in problem, problem
         message = check_broker(settings, timeout=2) or ""
         assert "did not answer the login" in message and "TLS" not in message, message
+
+
+# --- drop counts (item 8) and homeassistant/status (item 9) ---------------------------------------
+
+
+def drop_totals(caplog: pytest.LogCaptureFixture) -> list[int]:
+    import re
+
+    return [int(m.group(1)) for r in caplog.records if (m := re.search(r"\((\d+) in all", r.getMessage()))]
+
+
+@pytest.mark.parametrize("outage_ends_by", ["reconnect", "stop"])
+def test_the_drop_warning_agrees_with_the_counter(
+    broker: Broker, make_sink: Callable[..., MqttSink], caplog: pytest.LogCaptureFixture, outage_ends_by: str
+) -> None:
+    caplog.set_level(logging.WARNING, logger="edge")
+    broker.stop()
+    sink = make_sink(broker.settings(queue_size=5))
+    envelope = Envelope(DEVICE)
+    publish_events(sink, envelope, 6)
+    assert wait_until(lambda: drop_totals(caplog) == [1])  # the first drop is reported at once
+    publish_events(sink, envelope, 181)  # within the rate limit of that warning
+    assert sink.status()["dropped_events"] == 182
+    if outage_ends_by == "reconnect":
+        broker.start()
+        assert wait_until(lambda: sink.status()["delivered"] == 5, timeout=30)
+        assert wait_until(lambda: drop_totals(caplog)[-1:] == [182])
+    else:
+        sink.stop(timeout=0.5)
+        assert drop_totals(caplog)[-1] == 182
+
+
+def test_homeassistant_status_ignores_oversized_payloads_and_rate_limits_its_log(
+    broker: Broker, make_sink: Callable[..., MqttSink], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="edge")
+    make_sink(broker.settings(homeassistant=True))
+    faces = f"homeassistant/sensor/{DEVICE}/faces/config"
+    assert wait_until(lambda: faces in ha_configs(broker))
+    broker.publish(faces, b"", retain=True)
+    # 2 MB that would read "online" once stripped: never copied, never taken for Home Assistant's birth message.
+    broker.publish("homeassistant/status", b"online" + b" " * 2_000_000)
+    assert wait_until(lambda: any("ignored a 2000006-byte message" in r.getMessage() for r in caplog.records))
+    assert faces not in ha_configs(broker)
+    for _ in range(20):
+        broker.publish("homeassistant/status", "online")
+    assert wait_until(lambda: sum("came online" in r.getMessage() for r in caplog.records) == 20)
+    assert wait_until(lambda: faces in ha_configs(broker))
+    infos = [r for r in caplog.records if "came online" in r.getMessage() and r.levelno >= logging.INFO]
+    assert len(infos) == 1

@@ -76,6 +76,9 @@ EVENTS = "events"
 LATEST_VALUE_TOPICS = ("state", "stats")
 SEND_WINDOW = 20  # events handed to paho and not yet acknowledged; bounds paho's own queue
 _DROP_LOG_INTERVAL_S = 60.0
+# Home Assistant's birth message is "online"; anything much longer is not one, and is not even copied.
+HA_STATUS_MAX_BYTES = 64
+_HA_LOG_INTERVAL_S = 60.0
 _X509_V_ERR_HOSTNAME_MISMATCH = 62
 _X509_V_ERR_IP_ADDRESS_MISMATCH = 64
 
@@ -437,8 +440,12 @@ class MqttSink:
         self._ha_cleared = False
         self._stopping = False
         self._dropped = 0
-        self._dropped_logged = 0
+        self._dropped_logged = 0  # dropped_events as the log last reported it
         self._drop_logged_at = 0.0
+        self._drops_due = False  # report drops now (the outage ended), not at the next interval
+        self._ha_logged_at: float | None = None
+        self._ha_ignored = 0
+        self._ha_ignored_logged_at: float | None = None
         self._delivered = 0
         self._connects = 0
         self._failures = 0
@@ -549,6 +556,7 @@ class MqttSink:
             self._cond.notify_all()
         if self._sender is not None:
             self._sender.join(max(1.0, deadline - time.monotonic()))
+        self._log_drops(final=True)
         offline_mid = None
         if self._connected:
             offline_mid = self._send(self.availability_topic, OFFLINE.encode(), qos=1, retain=True, event=None)
@@ -790,14 +798,17 @@ class MqttSink:
                 self._send(topic, b"", qos=1, retain=True, event=None)
             self._ha_cleared = True
 
-    def _log_drops(self) -> None:
+    def _log_drops(self, final: bool = False) -> None:
+        """Report drops once per interval; when the outage ends and at stop, say the total the counter holds."""
         with self._cond:
             dropped = self._dropped
+            due, self._drops_due = self._drops_due or final, False
         new = dropped - self._dropped_logged
         now = time.monotonic()
-        if new > 0 and (self._dropped_logged == 0 or now - self._drop_logged_at >= _DROP_LOG_INTERVAL_S):
+        if new > 0 and (self._dropped_logged == 0 or due or now - self._drop_logged_at >= _DROP_LOG_INTERVAL_S):
             log.warning(
-                "MQTT: event queue full (mqtt.queue_size = %d) while %s is unreachable; dropped the %d oldest events (%d in all)",
+                "MQTT: event queue full (mqtt.queue_size = %d) while %s is unreachable; dropped the %d oldest events "
+                "(%d in all, as dropped_events in stats)",
                 self.settings.queue_size, self.broker, new, dropped,
             )
             self._dropped_logged = dropped
@@ -840,6 +851,7 @@ class MqttSink:
             self._connects += 1
             self._announce = True
             had_problem, self._problem = self._problem, None
+            self._drops_due = True
             connects = self._connects
             queued = self._events_left()
             self._cond.notify_all()
@@ -889,8 +901,24 @@ class MqttSink:
             self._cond.notify_all()
 
     def _on_ha_status(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        # Anyone allowed to publish there can send anything, as often as they like: neither
+        # the payload's size nor its rate may reach memory or the log unbounded.
+        now = time.monotonic()
+        if len(message.payload) > HA_STATUS_MAX_BYTES:
+            self._ha_ignored += 1
+            if self._ha_ignored_logged_at is None or now - self._ha_ignored_logged_at >= _HA_LOG_INTERVAL_S:
+                log.warning(
+                    "MQTT: ignored a %d-byte message on %s (Home Assistant sends 'online'; %d ignored so far)",
+                    len(message.payload), message.topic, self._ha_ignored,
+                )
+                self._ha_ignored_logged_at = now
+            return
         if message.payload.strip().lower() == ONLINE.encode():
-            log.info("MQTT: Home Assistant came online; announcing the device again")
+            if self._ha_logged_at is None or now - self._ha_logged_at >= _HA_LOG_INTERVAL_S:
+                log.info("MQTT: Home Assistant came online; announcing the device again")
+                self._ha_logged_at = now
+            else:
+                log.debug("MQTT: Home Assistant came online again; announcing the device again")
             with self._cond:
                 self._ha_announce = True
                 self._cond.notify_all()
