@@ -107,7 +107,9 @@ class Pipeline:
             t2 = time.monotonic()
             events = self.tracker.carry(carried, scores, t2)
         self.processed += 1
-        messages = self.aggregator.on_frame(self.tracker.tracks, events, frame.index + 1, self.source.dropped)
+        messages = self.aggregator.on_frame(
+            self.tracker.tracks, events, frame.index + 1, self.source.dropped, self.source.skipped + self.skipped
+        )
         self.publish(messages)
         t3 = time.monotonic()
         times.add("capture", max(0.0, t0 - frame.t_capture))

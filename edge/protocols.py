@@ -62,6 +62,11 @@ class FrameSource(Protocol):
     @property
     def dropped(self) -> int: ...
 
+    @property
+    def skipped(self) -> int:
+        """Frames read but unusable (undecodable, odd shape) and passed over."""
+        ...
+
     def close(self) -> None: ...
 
 
