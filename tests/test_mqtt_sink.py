@@ -644,16 +644,17 @@ def test_a_zero_byte_queue_file_is_reported(tmp_path: Path, caplog: pytest.LogCa
     assert not any("0-byte" in r.getMessage() for r in caplog.records)
 
 
-def test_salvage_steps_around_every_damaged_range() -> None:
+@pytest.mark.parametrize("damaged", [[(100, 180), (1500, 1999)], [(1, 35)], [(1, 35), (60, 61)], [(1990, 2000)]])
+def test_salvage_steps_around_every_damaged_range(damaged: list[tuple[int, int]]) -> None:
     from edge.sinks.event_journal import salvage_rows
 
     keys = [k for k in range(1, 2001) if k % 7]  # gaps, as acknowledged events leave them
-    damaged = [(100, 180), (1500, 1999)]
 
     def probe(key: int):
         nxt = next((k for k in keys if k >= key), None)
         reach = key if nxt is None else nxt
-        if any(lo <= reach <= hi for lo, hi in damaged) or (nxt is None and key <= 1999 and key >= 1500):
+        # A lookup past the last key still reads the last leaf.
+        if any(lo <= reach <= hi for lo, hi in damaged) or (nxt is None and any(lo <= keys[-1] <= hi for lo, hi in damaged)):
             raise sqlite3.DatabaseError("database disk image is malformed")
         return None if nxt is None else (nxt, "events", b"{}", 1)
 

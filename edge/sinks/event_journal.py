@@ -99,9 +99,9 @@ def _past_damage(probe: Callable[[int], Row | None], bad: int) -> tuple[Row | No
     """From a failing key ``bad``: the first row whose lookup works again and the key it was found at."""
     step = 1
     while True:
-        good = bad + step
-        if good > _MAX_KEY:
+        if bad >= _MAX_KEY:
             return None, _MAX_KEY + 1
+        good = min(bad + step, _MAX_KEY)
         try:
             row = probe(good)
             break
