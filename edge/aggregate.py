@@ -76,6 +76,7 @@ class Aggregator:
         self._frames_in_total = 0
         self._processed_total = 0
         self._dropped_total = 0
+        self._skipped_total = 0  # unusable frames the source or the pipeline passed over
         self._stats_marks = (0, 0, 0)
         self.faces_now = 0
 
@@ -88,12 +89,15 @@ class Aggregator:
 
     # -- per frame ---------------------------------------------------------------
 
-    def on_frame(self, frame: Frame, tracks: Sequence[Track], events: Iterable[TrackEvent], dropped: int) -> list[Message]:
+    def on_frame(
+        self, frame: Frame, tracks: Sequence[Track], events: Iterable[TrackEvent], dropped: int, skipped: int = 0
+    ) -> list[Message]:
         """Account for one processed frame; returns the messages due now."""
         if self._window_start is None or self._stats_start is None:
             self._window_start = self._stats_start = frame.timestamp
         self._frames_in_total = frame.index + 1
         self._dropped_total = dropped
+        self._skipped_total = skipped
         self._processed_total += 1
         self._w_frames += 1
         self.faces_now = 0
@@ -170,7 +174,10 @@ class Aggregator:
                 "processed": round((self._processed_total - f_done) / span, 2),
                 "dropped": round((self._dropped_total - f_drop) / span, 2),
             },
-            "frames": {"in": self._frames_in_total, "processed": self._processed_total, "dropped": self._dropped_total},
+            "frames": {
+                "in": self._frames_in_total, "processed": self._processed_total, "dropped": self._dropped_total,
+                "skipped": self._skipped_total,
+            },
             "latency_ms": self.times.summary_ms(),
             "faces": self.faces_now,
             "uptime_s": round(self.clock() - self.started, 1),

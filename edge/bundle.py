@@ -24,7 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from edge.preprocess import BASES, CropGeometry
+from edge.geometry import BASES, CropGeometry
 
 DEFAULT_MODEL_NAME = "deepfer_fernet_int8"
 
@@ -61,9 +61,23 @@ def default_bundle_path() -> Path:
     return Path(str(resources.files("edge") / "models" / f"{DEFAULT_MODEL_NAME}.tflite"))
 
 
+def _bundle_in(folder: Path) -> Path:
+    """The one bundle's .tflite in ``folder`` (an export directory); BundleError when there is none or several."""
+    found = sorted(t for t in folder.glob("*.tflite") if not t.name.endswith("_edgetpu.tflite") and t.with_suffix(".json").is_file())
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise BundleError(f"classifier.model {folder} is a folder without a model bundle (NAME.tflite with NAME.json beside it); "
+                          "point it at a bundle's .tflite")
+    raise BundleError(f"classifier.model {folder} holds several bundles ({', '.join(t.name for t in found)}); "
+                      "point it at one of the .tflite files")
+
+
 def load_bundle(path: str | Path | None = None) -> ModelBundle:
-    """Load a bundle from its ``.tflite`` or ``.json`` path (None = the shipped default)."""
+    """Load a bundle from its ``.tflite`` or ``.json`` path, or the folder holding it (None = the shipped default)."""
     p = Path(path) if path else default_bundle_path()
+    if p.is_dir():
+        p = _bundle_in(p)
     tflite = p.with_suffix(".tflite") if p.suffix == ".json" else p
     if tflite.name.endswith("_edgetpu.tflite"):
         tflite = tflite.with_name(tflite.name.replace("_edgetpu.tflite", ".tflite"))

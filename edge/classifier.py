@@ -7,8 +7,13 @@ bundle exported by ``deepfer-train export`` (int8 or uint8 input/output) works.
 from __future__ import annotations
 
 import logging
+import os
+import re
+import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +60,42 @@ def load_edgetpu_delegate(module: Any, device: str = "") -> Any:
         ) from None
 
 
+# TFLite's C++ logger announces its default CPU delegate on every interpreter; no setting of
+# LiteRT's Python API or environment turns it off (TF_CPP_MIN_LOG_LEVEL is not read by it).
+_RUNTIME_BANNER = re.compile(rb"^INFO: (Created TensorFlow Lite XNNPACK delegate for CPU|Initialized TensorFlow Lite runtime)\.\s*$")
+
+
+def pass_on_stderr(captured: bytes, fd: int = 2) -> None:
+    """Write the captured native stderr back, minus the runtime's start-up banner lines."""
+    kept = b"".join(line for line in captured.splitlines(keepends=True) if not _RUNTIME_BANNER.match(line))
+    if kept:
+        os.write(fd, kept)
+
+
+@contextmanager
+def without_runtime_banner() -> Iterator[None]:
+    """Hold back the runtime's start-up banner, which C++ writes straight to file descriptor 2.
+
+    Everything else written to stderr meanwhile (a real runtime error, another
+    thread's log line) is passed on when the block ends.
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no usable fd 2 (embedded, closed): nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            pass_on_stderr(tmp.read())
+
+
 def _softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
@@ -79,10 +120,11 @@ class TFLiteClassifier:
         self.runtime = runtime
         model_path, delegates, self.backend = self._choose_backend(module, settings)
         try:
-            self._interp = module.Interpreter(
-                model_path=str(model_path), experimental_delegates=delegates or None, num_threads=settings.threads
-            )
-            self._interp.allocate_tensors()
+            with without_runtime_banner():
+                self._interp = module.Interpreter(
+                    model_path=str(model_path), experimental_delegates=delegates or None, num_threads=settings.threads
+                )
+                self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise BundleError(f"model file {model_path} cannot be loaded by {runtime}: {exc}") from None
         inp = self._interp.get_input_details()[0]

@@ -58,12 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("command", nargs="?", choices=COMMANDS, default="run", help=argparse.SUPPRESS)
     p.add_argument("paths", nargs="*", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--version", action="store_true", help="print the package and shipped model versions, then exit")
     p.add_argument("--config", type=Path, metavar="TOML", help="settings file (e.g. /etc/deepfer/edge.toml)")
     g = p.add_argument_group("camera")
     g.add_argument("--camera", metavar="SRC", help="csi | usb:N | /dev/videoN | rtsp://… | http://… | video file | image folder | demo")
     g.add_argument("--loop", action="store_true", default=None, help="loop a video file or image folder")
     g = p.add_argument_group("model and detector")
-    g.add_argument("--model", type=Path, metavar="TFLITE", help="model bundle (.tflite with its .json); default: the shipped model")
+    g.add_argument("--model", type=Path, metavar="TFLITE",
+                   help="model bundle (.tflite with its .json, or the folder holding one); default: the shipped model")
     g.add_argument("--delegate", choices=("cpu", "edgetpu", "auto"), help="run the classifier on the CPU or a Coral Edge TPU")
     g.add_argument("--threads", type=int, help="CPU threads for the classifier")
     g.add_argument("--detector", choices=("haar", "yunet"), help="face detector")
@@ -132,23 +134,82 @@ def setup_logging(level: str) -> None:
     )
 
 
+def toml_value(value: Any) -> str | None:
+    """``value`` as a TOML literal; None when TOML cannot spell it (an unset setting)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    # JSON string escapes are valid in TOML basic strings.
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def _reference_entry(key: str, field: Any, default: Any, machine_default: bool = False) -> list[str]:
+    lines = [f"# {field.description}"]
+    literal = toml_value(default)
+    if literal is None:
+        lines.append(f"# {key} =  (unset by default)")
+    elif machine_default:
+        lines.append(f"# {key} = {literal}  (default: this machine's host name)")
+    else:
+        lines.append(f"{key} = {literal}")
+    return lines
+
+
 def settings_reference() -> str:
-    lines = []
+    """Every setting with its description and default, as a TOML file that loads as the defaults."""
+    top, sections = [], []
     for name, f in EdgeSettings.model_fields.items():
         ann = f.annotation
         if isinstance(ann, type) and hasattr(ann, "model_fields"):
-            lines.append(f"[{name}]  {f.description or ''}")
+            sections += ["", f"[{name}]  # {f.description}"]
             for sub, sf in ann.model_fields.items():
-                default = sf.get_default(call_default_factory=True)
-                lines.append(f"  {name}.{sub} = {default!r}\n      {sf.description}")
+                sections += _reference_entry(sub, sf, sf.get_default(call_default_factory=True))
         else:
-            lines.append(f"{name}  {f.description}")
-    return "\n".join(lines)
+            top += _reference_entry(name, f, f.get_default(call_default_factory=True), machine_default=name == "device_id")
+    header = [
+        "# deepfer-edge settings reference: every setting with its default, as a --config TOML file.",
+        "# Environment: DEEPFER_<NAME> at the top level, DEEPFER_<SECTION>__<NAME> in a section.",
+    ]
+    return "\n".join(header + top + sections)
+
+
+def version_text() -> str:
+    """The package version and the shipped model's, without importing OpenCV or a TFLite runtime."""
+    from importlib import metadata
+
+    from edge.bundle import BundleError, load_bundle
+
+    try:
+        package = metadata.version("deepfer")
+    except metadata.PackageNotFoundError:
+        package = "unknown (not installed)"
+    try:
+        bundle = load_bundle()
+        model = f"{bundle.name} v{bundle.version}"
+    except BundleError as exc:
+        model = f"unavailable ({exc})"
+    return f"deepfer-edge {package}\nmodel {model}"
+
+
+def quiet_native_libraries() -> None:
+    """Keep OpenCV's and FFmpeg's own warning lines off stderr; the daemon says what went wrong itself.
+
+    Both libraries read these when they start, so this must run before cv2 is
+    imported; a value already in the environment wins (to debug a camera).
+    """
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.version:
+        sys.stdout.write(version_text() + "\n")
+        return 0
     if args.paths and args.command != "analyze":
         parser.error(f"unexpected argument {args.paths[0]} (only analyze takes paths; the camera is --camera SRC)")
     if args.json and args.csv:
@@ -156,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "config" and args.reference:
         sys.stdout.write(settings_reference() + "\n")
         return 0
+    quiet_native_libraries()
     try:
         settings = load_settings(args.config, overrides_from_args(args))
         if settings.mqtt.password is None and settings.mqtt.password_file is None:

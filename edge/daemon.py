@@ -158,7 +158,9 @@ def run(components: Components, notifier: Any = None, max_frames: int = 0) -> in
         for s, handler in previous.items():
             signal.signal(s, handler)
     log.info(
-        "stopped after %d frames (faces found in %d of %d detection passes, %d frames dropped by the source)",
+        "stopped after %d frames (faces found in %d of %d detection passes, %d frames dropped by the source, "
+        "%d unusable frames skipped)",
         pipeline.processed, pipeline.detections_with_faces, pipeline.detections, components.source.dropped,
+        components.source.skipped + pipeline.skipped,
     )
     return 0

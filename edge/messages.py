@@ -41,7 +41,8 @@ class Envelope:
             try:
                 self._seq = {str(k): int(v) for k, v in json.loads(state_file.read_text()).items()}
             except (OSError, ValueError, AttributeError) as exc:
-                log.warning("sequence file %s unreadable (%s); sequences restart at 1", state_file, exc)
+                log.warning("sequence file %s unreadable (%s); sequences restart at 1, or after the highest "
+                            "seq of the events still queued for the broker", state_file, exc)
 
     @property
     def state_file(self) -> Path | None:
@@ -55,6 +56,19 @@ class Envelope:
             if self._state_file is not None:
                 self._save()
             return seq
+
+    def continue_after(self, topic: str, seq: int) -> None:
+        """Make ``topic``'s next ``seq`` larger than ``seq`` (no change when it already is).
+
+        Events still queued on disk carry numbers the subscribers have not seen
+        yet; when the sequence file is lost, new events must not reuse them, or
+        a subscriber de-duplicating on ``seq`` would drop real events.
+        """
+        with self._lock:
+            if seq > self._seq.get(topic, 0):
+                self._seq[topic] = seq
+                if self._state_file is not None:
+                    self._save()
 
     def _save(self) -> None:
         assert self._state_file is not None

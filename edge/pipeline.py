@@ -118,7 +118,9 @@ class Pipeline:
             t2 = time.monotonic()
             events = self.tracker.carry(carried, scores, now)
         self.processed += 1
-        messages = self.aggregator.on_frame(frame, self.tracker.tracks, events, self.source.dropped)
+        messages = self.aggregator.on_frame(
+            frame, self.tracker.tracks, events, self.source.dropped, self.source.skipped + self.skipped
+        )
         self.publish(messages)
         if self.frame_hook is not None:
             self.frame_hook(frame, self.tracker.carried())

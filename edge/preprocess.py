@@ -2,35 +2,26 @@
 
 Training imports this module so that a face reaches the network the same way in
 both places: same square crop, same grayscale conversion, same resize
-interpolation. The crop's framing (:class:`CropGeometry`) is measured per
-detector so that it reproduces the framing of the FER2013 training faces. The network itself folds pixel normalisation into its
-graph, so the tensor produced here is raw uint8 pixels.
+interpolation. The crop's framing (:class:`edge.geometry.CropGeometry`) is
+measured per detector so that it reproduces the framing of the FER2013 training
+faces. The network itself folds pixel normalisation into its graph, so the
+tensor produced here is raw uint8 pixels.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import cv2
 import numpy as np
+
+from edge.geometry import BASES, Box, CropGeometry, crop_square
+
+__all__ = ["BASES", "DEFAULT_CROP_MARGIN", "Box", "CropGeometry", "crop_face", "crop_square", "face_tensor",
+           "frame_face_tensor", "resize_face", "shrink", "to_gray"]
 
 
 # Margin added on each side of a detector box before the square crop, for bundles that record no
 # per-detector crop geometry (the framing every model before 0.5 was shipped with).
 DEFAULT_CROP_MARGIN = 0.1
-
-
-class Box(NamedTuple):
-    """A face box in frame pixels: left, top, width, height."""
-
-    x: int
-    y: int
-    w: int
-    h: int
-
-    @property
-    def area(self) -> int:
-        return max(0, self.w) * max(0, self.h)
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:
@@ -53,45 +44,6 @@ def to_gray(image: np.ndarray) -> np.ndarray:
             gray = gray / 257.0
         gray = np.clip(gray, 0, 255).astype(np.uint8)
     return gray
-
-
-class CropGeometry(NamedTuple):
-    """How a detector's box maps onto the square the model was trained on.
-
-    ``basis`` is the length the other numbers are in units of: ``"geomean"``,
-    the geometric mean of the box's sides (fitted per detector by
-    ``tools/fit_crop_geometry.py``, since detectors disagree on aspect), or
-    ``"max"``, its longer side (the margin-only framing of older bundles).
-    The square's side is ``scale`` bases; its centre sits ``dx``, ``dy`` bases
-    right of and below the box's centre.
-    """
-
-    scale: float
-    dx: float = 0.0
-    dy: float = 0.0
-    basis: str = "geomean"
-
-    @classmethod
-    def from_margin(cls, margin: float) -> CropGeometry:
-        """The box's longer side plus ``margin`` of it on every side, centred on the box."""
-        return cls(1.0 + 2.0 * margin, 0.0, 0.0, "max")
-
-
-BASES = ("geomean", "max")
-
-
-def crop_square(box: Box, geometry: CropGeometry) -> Box:
-    """The square face crop (in frame pixels, possibly past the frame's edges) for a detector box."""
-    if geometry.basis == "max":
-        unit = float(max(box.w, box.h))
-    elif geometry.basis == "geomean":
-        unit = float(np.sqrt(max(box.w, 0) * max(box.h, 0)))
-    else:
-        raise ValueError(f"unknown crop basis {geometry.basis!r}; choose one of {', '.join(BASES)}")
-    side = geometry.scale * unit
-    cx = box.x + box.w / 2.0 + geometry.dx * unit
-    cy = box.y + box.h / 2.0 + geometry.dy * unit
-    return Box(int(round(cx - side / 2.0)), int(round(cy - side / 2.0)), max(1, int(round(side))), max(1, int(round(side))))
 
 
 def crop_face(gray: np.ndarray, square: Box) -> np.ndarray:

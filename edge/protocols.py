@@ -13,7 +13,7 @@ from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
-from edge.preprocess import Box
+from edge.geometry import Box
 
 
 class MissingExtra(RuntimeError):
@@ -75,6 +75,11 @@ class FrameSource(Protocol):
 
     @property
     def dropped(self) -> int: ...
+
+    @property
+    def skipped(self) -> int:
+        """Frames read but unusable (undecodable, odd shape) and passed over."""
+        ...
 
     def close(self) -> None: ...
 

@@ -8,17 +8,55 @@ own section; nothing outside this module reads the environment.
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
 import socket
 import tomllib
+import typing
+import unicodedata
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 ENV_PREFIX = "DEEPFER_"
+# DEEPFER_* variables that are not settings: deploy/install.sh reads these.
+NON_SETTING_ENV = frozenset({"DEEPFER_PREFIX", "DEEPFER_DRY_RUN", "DEEPFER_PYTHON"})
+MAX_TOPIC_BYTES = 65535  # MQTT: a topic name is a UTF-8 string with a 16-bit length
+# Room kept for what follows the configured parts of a topic ("/availability", "/sensor/…/share_<label>/config").
+TOPIC_SUFFIX_RESERVE = 256
+
+
+def topic_part_problem(value: str, *, allow_slash: bool) -> str | None:
+    """Why ``value`` cannot be part of an MQTT topic name, or None when it can.
+
+    Wildcards (# +) are only legal in subscriptions: a topic holding one is
+    refused by the broker on every publish, which looks like a connection
+    problem. NUL is forbidden by MQTT and other control characters are
+    discouraged; a name longer than 65,535 bytes cannot be encoded at all.
+    """
+    bad = [c for c in "#+" if c in value]
+    if not allow_slash and "/" in value:
+        bad.append("/")
+    if bad:
+        return f"must not hold {' or '.join(repr(c) for c in bad)} (MQTT wildcards and level separators cannot be part of a topic name)"
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        return "must not hold control characters (NUL, tab, newline, …)"
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "must be valid UTF-8 text"
+    if size > MAX_TOPIC_BYTES - TOPIC_SUFFIX_RESERVE:
+        return f"is {size} bytes long; MQTT topics are at most {MAX_TOPIC_BYTES} bytes, so keep it under {MAX_TOPIC_BYTES - TOPIC_SUFFIX_RESERVE}"
+    return None
+
+
+def _longer_first(field_a: str, a: float, field_b: str, b: float) -> None:
+    if a > b:
+        raise ValueError(f"{field_a} ({a:g}) is larger than {field_b} ({b:g}); the first delay cannot exceed the longest one")
 
 
 class Section(BaseModel):
@@ -58,6 +96,11 @@ class CameraSettings(Section):
     demo_frames: int = Field(240, ge=1, description="Frames in the generated demo clip.")
 
     RENAMED: ClassVar[dict[str, str]] = {"demo_realtime": "use camera.realtime (true or false; empty: on for the demo)"}
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> CameraSettings:
+        _longer_first("camera.reopen_backoff_s", self.reopen_backoff_s, "camera.reopen_backoff_max_s", self.reopen_backoff_max_s)
+        return self
 
 
 class DetectorSettings(Section):
@@ -126,6 +169,20 @@ class MqttSettings(Section):
     homeassistant: bool = Field(False, description="Announce the device to Home Assistant through MQTT discovery.")
     discovery_prefix: str = Field("homeassistant", description="Home Assistant discovery prefix.")
 
+    @field_validator("prefix", "discovery_prefix")
+    @classmethod
+    def _topic_prefix(cls, v: str) -> str:
+        if problem := topic_part_problem(v, allow_slash=True):
+            raise ValueError(problem)
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MqttSettings:
+        _longer_first("mqtt.reconnect_min_s", self.reconnect_min_s, "mqtt.reconnect_max_s", self.reconnect_max_s)
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("mqtt.cert_file and mqtt.key_file go together for client certificates; set both or neither")
+        return self
+
 
 class StdoutSettings(Section):
     enabled: bool = Field(False, description="Write every message as a JSON line to standard output.")
@@ -152,9 +209,23 @@ class EdgeSettings(BaseSettings):
     @field_validator("device_id")
     @classmethod
     def _topic_safe(cls, v: str) -> str:
-        if not v or any(c in v for c in "/#+ "):
-            raise ValueError("must be non-empty and hold no '/', '#', '+' or spaces (it is part of MQTT topics)")
+        if not v or " " in v:
+            raise ValueError("must be non-empty and hold no spaces (it is part of MQTT topics)")
+        if problem := topic_part_problem(v, allow_slash=False):
+            raise ValueError(problem)
         return v
+
+    @model_validator(mode="after")
+    def _topics_fit(self) -> EdgeSettings:
+        # Each part fits on its own; together, with what follows them, they must still fit one topic.
+        room = MAX_TOPIC_BYTES - TOPIC_SUFFIX_RESERVE
+        id_bytes = len(self.device_id.encode("utf-8"))
+        for field, prefix in (("mqtt.prefix", self.mqtt.prefix), ("mqtt.discovery_prefix", self.mqtt.discovery_prefix)):
+            if len(prefix.encode("utf-8")) + id_bytes > room:
+                raise ValueError(
+                    f"{field} and device_id together make topics longer than MQTT's {MAX_TOPIC_BYTES} bytes; shorten one of them"
+                )
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -185,13 +256,76 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 
 def read_toml(path: Path) -> dict[str, Any]:
     try:
-        return tomllib.loads(path.read_text())
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist; create it (see deploy/edge.example.toml) or drop --config") from None
     except OSError as exc:
         raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8")  # TOML files are UTF-8 by definition, whatever the locale says
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {exc.start}, line {line}); save it as UTF-8 "
+            f"(e.g. `iconv -f latin1 -t utf-8 {path.name}`)"
+        ) from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _sections() -> dict[str, type[BaseModel]]:
+    """Root field name -> its section model, for the fields that are sections."""
+    out = {}
+    for name, f in EdgeSettings.model_fields.items():
+        if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel):
+            out[name] = f.annotation
+    return out
+
+
+def env_names() -> dict[str, str]:
+    """Every environment variable that sets something (upper case) -> the setting path it sets."""
+    names = {f"{ENV_PREFIX}{name}".upper(): name for name in EdgeSettings.model_fields}
+    for section, model in _sections().items():
+        for sub in model.model_fields:
+            names[f"{ENV_PREFIX}{section}__{sub}".upper()] = f"{section}.{sub}"
+    return names
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Refuse ``DEEPFER_*`` variables that set nothing (a typo would otherwise be silently ignored).
+
+    Also refuses a section given as malformed JSON (``DEEPFER_MQTT='{bad'``),
+    naming the variable rather than the parser's internals.
+    """
+    known = env_names()
+    sections = {f"{ENV_PREFIX}{s}".upper() for s in _sections()}
+    for key in sorted(environ):
+        upper = key.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in NON_SETTING_ENV:
+            continue
+        if upper not in known:
+            near = difflib.get_close_matches(upper, list(known), n=1, cutoff=0.6)
+            hint = (
+                f"did you mean {near[0]} ({known[near[0]]})?" if near
+                else "deepfer-edge config --reference lists the settings"
+            )
+            raise ConfigError(
+                f"environment variable {key} is not a setting; {hint} "
+                f"(sections nest with two underscores: {ENV_PREFIX}SECTION__NAME)"
+            )
+        if upper in sections:
+            try:
+                value = json.loads(environ[key])
+            except ValueError as exc:
+                raise ConfigError(
+                    f"environment variable {key} is not valid JSON ({exc.msg} at character {exc.pos}); "
+                    f"set the whole section as a JSON object, e.g. {key}='{{\"name\": value}}', "
+                    f"or one setting at a time, e.g. {key}__NAME=value"
+                ) from None
+            if not isinstance(value, dict):
+                raise ConfigError(f"environment variable {key} must be a JSON object of [{known[upper]}] settings, e.g. '{{\"name\": value}}'")
 
 
 def _strip_env_over_toml(file_values: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
@@ -212,28 +346,57 @@ def _strip_env_over_toml(file_values: dict[str, Any], environ: dict[str, str]) -
     return out
 
 
+def _holds_secret(annotation: Any) -> bool:
+    return annotation is SecretStr or any(_holds_secret(a) for a in typing.get_args(annotation))
+
+
+def secret_paths() -> frozenset[tuple[str, ...]]:
+    """Setting paths whose values are secrets (SecretStr): never shown, not even when mistyped."""
+    paths = {(name,) for name, f in EdgeSettings.model_fields.items() if _holds_secret(f.annotation)}
+    for section, model in _sections().items():
+        paths |= {(section, sub) for sub, f in model.model_fields.items() if _holds_secret(f.annotation)}
+    return frozenset(paths)
+
+
+_SHOWN_CHARS = 80
+
+
 def format_validation_error(exc: ValidationError, origin: str) -> str:
     lines = []
+    secrets = secret_paths()
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        path = tuple(str(p) for p in err["loc"])
+        loc = ".".join(path) or "(root)"
         if err["type"] == "extra_forbidden":
-            section = ".".join(str(p) for p in err["loc"][:-1])
+            section = ".".join(path[:-1])
             where = f"section [{section}]" if section else "the top level"
             lines.append(f"{loc}: unknown setting in {where}; check its spelling (deepfer-edge config --reference lists them)")
+            continue
+        got = err.get("input")
+        if path[:2] in secrets:
+            shown = " (value hidden: it is a secret)"
+        elif isinstance(got, (dict, list)):
+            shown = ""
         else:
-            got = err.get("input")
-            shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
-            msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"{loc}: {msg}{shown}")
+            text = repr(got)
+            # A 70,000-character value would bury the one line that matters.
+            shown = f" (got {text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + '…'})"
+        # A cross-field rule names its fields itself; pydantic's "Value error, " prefix adds nothing.
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{msg}{shown}" if not path or msg.startswith(f"{loc}.") else f"{loc}: {msg}{shown}")
     return f"invalid settings ({origin}):\n  " + "\n  ".join(lines)
 
 
 def load_settings(config: Path | None = None, overrides: dict[str, Any] | None = None) -> EdgeSettings:
     """Build the settings from a TOML file, the environment and CLI overrides (in rising precedence)."""
     file_values = read_toml(config) if config else {}
-    merged = _deep_merge(_strip_env_over_toml(file_values, dict(os.environ)), overrides or {})
+    environ = dict(os.environ)
+    check_environment(environ)
+    merged = _deep_merge(_strip_env_over_toml(file_values, environ), overrides or {})
     origin = ", ".join(filter(None, [str(config) if config else "", "DEEPFER_* environment", "command line"]))
     try:
         return EdgeSettings(**merged)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, origin)) from None
+    except SettingsError as exc:  # a DEEPFER_* value pydantic-settings cannot parse at all
+        raise ConfigError(f"invalid settings ({origin}): {exc}") from None

@@ -20,18 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from edge.preprocess import Box
+from edge.geometry import Box, iou
 from edge.settings import TrackerSettings
 
 log = logging.getLogger(__name__)
-
-
-def iou(a: Box, b: Box) -> float:
-    x0, y0 = max(a.x, b.x), max(a.y, b.y)
-    x1, y1 = min(a.x + a.w, b.x + b.w), min(a.y + a.h, b.y + b.h)
-    inter = max(0, x1 - x0) * max(0, y1 - y0)
-    union = a.area + b.area - inter
-    return inter / union if union > 0 else 0.0
 
 
 def ema(average: np.ndarray, new: np.ndarray, dt: float, tau: float) -> np.ndarray:

@@ -57,6 +57,10 @@ class TlsFiles:
     cert: Path  # server certificate for 127.0.0.1 / localhost
     key: Path
     other_ca: Path  # a CA that signed nothing the broker uses
+    client_cert: Path  # a client certificate signed by ``ca`` (mutual TLS)
+    client_key: Path
+    stranger_cert: Path  # a client certificate signed by ``other_ca``: a mutual-TLS broker rejects it
+    stranger_key: Path
 
 
 def make_tls_files(directory: Path) -> TlsFiles:
@@ -76,7 +80,13 @@ def make_tls_files(directory: Path) -> TlsFiles:
     (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
         "-out", "server.crt", "-days", "2", "-extfile", "san.ext")
-    return TlsFiles(directory / "ca.crt", directory / "server.crt", directory / "server.key", directory / "other_ca.crt")
+    for name, ca in (("client", "ca"), ("stranger", "other_ca")):
+        run("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN=deepfer test {name}")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key", "-CAcreateserial",
+            "-out", f"{name}.crt", "-days", "2")
+    d = directory
+    return TlsFiles(d / "ca.crt", d / "server.crt", d / "server.key", d / "other_ca.crt",
+                    d / "client.crt", d / "client.key", d / "stranger.crt", d / "stranger.key")
 
 
 def make_password_file(path: Path, users: dict[str, str]) -> Path:
@@ -102,6 +112,7 @@ class Broker:
         persistence: bool = False,
         password_file: Path | None = None,
         tls: TlsFiles | None = None,
+        require_certificate: bool = False,
     ) -> None:
         binary = mosquitto_binary()
         if binary is None:
@@ -114,6 +125,7 @@ class Broker:
         self.persistence = persistence
         self.password_file = password_file
         self.tls = tls
+        self.require_certificate = require_certificate  # mutual TLS: clients need a certificate signed by tls.ca
         self.conf = workdir / "mosquitto.conf"
         self.log = workdir / "mosquitto.log"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -138,6 +150,8 @@ class Broker:
             lines.append(f"password_file {self.password_file}")
         if self.tls:
             lines += [f"cafile {self.tls.ca}", f"certfile {self.tls.cert}", f"keyfile {self.tls.key}"]
+            if self.require_certificate:
+                lines.append("require_certificate true")
         self.conf.write_text("\n".join(lines) + "\n")
 
     @property
@@ -210,7 +224,11 @@ class Broker:
         if auth:
             client.username_pw_set(auth["username"], auth.get("password"))
         if self.tls:
-            client.tls_set(ca_certs=str(self.tls.ca))
+            client.tls_set(
+                ca_certs=str(self.tls.ca),
+                certfile=str(self.tls.client_cert) if self.require_certificate else None,
+                keyfile=str(self.tls.client_key) if self.require_certificate else None,
+            )
         client.reconnect_delay_set(0.1, 0.5)  # type: ignore[arg-type]
         return client
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -15,6 +16,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/broker.py is a
 from broker import Broker, TlsFiles, make_tls_files, mosquitto_binary  # noqa: E402
 
 NO_MOSQUITTO = "mosquitto binary not found (apt-get install mosquitto); MQTT tests need a real broker"
+TRAIN_EXTRA = ("tensorflow", "keras")
+
+
+def missing_train_extra() -> str | None:
+    """The first module of the [train] extra that cannot be found (looked up, not imported), or None."""
+    for name in TRAIN_EXTRA:
+        try:
+            if importlib.util.find_spec(name) is None:
+                return name
+        except ImportError:
+            return name
+    return None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # Tests marked `train` need TensorFlow; without the extra they are skipped, not failed.
+    if item.get_closest_marker("train") is not None and (name := missing_train_extra()):
+        pytest.skip(f"needs the [train] extra: {name} is not installed (pip install 'deepfer[train]')")
 
 
 @pytest.fixture(scope="session")

@@ -76,3 +76,31 @@ def match(truth: list[Any], found: list[Any], threshold: float = 0.3) -> tuple[i
             used_t.add(ti)
             used_f.add(fi)
     return len(used_t), len(found) - len(used_f)
+
+
+def damaged_video(path: Path, frames: int = 200, bad: tuple[int, ...] = (100,)) -> Path:
+    """A real MJPG AVI of ``frames`` numbered frames whose JPEG data for the ``bad`` frames is zeroed out."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 15, (160, 120))
+    assert writer.isOpened(), "OpenCV cannot write MJPG AVI files here"
+    for i in range(frames):
+        image = np.full((120, 160, 3), i % 256, np.uint8)
+        cv2.putText(image, str(i), (10, 60), cv2.FONT_HERSHEY_SIMPLEX, 1, (255, 255, 255), 2)
+        writer.write(image)
+    writer.release()
+    data = bytearray(path.read_bytes())
+    starts = [i for i in range(len(data) - 2) if data[i:i + 3] == b"\xff\xd8\xff"]  # each frame is one JPEG
+    assert len(starts) == frames
+    for k in bad:
+        end = starts[k + 1] if k + 1 < frames else len(data)
+        data[starts[k]:end] = bytes(end - starts[k])
+    path.write_bytes(bytes(data))
+    return path
+
+
+def frames_opencv_reads_on(path: Path, tries: int = 1000) -> int:
+    """Frames OpenCV decodes when a program reads on past failed reads (the reference for damaged files)."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        return sum(1 for _ in range(tries) if cap.read()[0])
+    finally:
+        cap.release()

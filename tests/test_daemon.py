@@ -115,6 +115,19 @@ def test_killed_daemon_reads_offline_through_last_will(broker):
     assert read_retained(broker, f"{prefix}/#")[f"{prefix}/availability"] == b"offline"
 
 
+def test_stats_count_the_frames_a_damaged_video_skips(tmp_path):
+    from media import damaged_video, frames_opencv_reads_on
+
+    clip = damaged_video(tmp_path / "damaged.avi", frames=200, bad=(100,))
+    p = daemon("--camera", str(clip), "--stdout")
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    frames = [m["payload"] for m in lines(out) if m["topic"] == "stats"][-1]["frames"]
+    assert frames["processed"] == frames_opencv_reads_on(clip) and frames["skipped"] >= 1
+    assert frames["in"] == frames["processed"] + frames["skipped"]  # a file drops nothing
+    assert f"{frames['skipped']} unusable frames skipped" in err
+
+
 @needs_clip
 def test_bench_prints_figures():
     p = daemon("bench", "--camera", str(CLIP), "--frames", "60", "--json")

@@ -501,3 +501,266 @@ def test_an_outage_logs_one_warning_per_change_not_per_retry(
     broker.start()
     assert wait_until(lambda: sink.status()["connected"])
     assert sink.status()["last_error"] is not None and sink.status()["reconnects"] == 1
+
+
+# --- seq integrity and damaged queue files (issue 13, items 3 and 4) ------------------------------
+
+
+def queue_events_during_an_outage(settings: MqttSettings, n: int) -> dict[int, bytes]:
+    """Run a sink that queues ``n`` events on disk while the broker is down; seq -> stored payload."""
+    envelope = Envelope(DEVICE, state_file=sequence_file(settings))
+    sink = MqttSink(settings, DEVICE, envelope)
+    sink.start()
+    messages = [envelope.message("events", {"track": i % 3, "emotion": "happy", "i": i}) for i in range(n)]
+    for message in messages:
+        sink.publish(message)
+    sink.stop(timeout=0.5)
+    path = journal_file(settings)
+    journal = EventJournal(path)
+    assert journal.count() == n
+    journal.close()
+    assert not path.with_name(path.name + "-wal").exists()  # all of it is in the main file now
+    from edge.sinks.wire import encode_payload
+
+    return {m.payload["seq"]: encode_payload(m.payload) for m in messages}
+
+
+@pytest.mark.parametrize("damage", ["missing", "unreadable"])
+def test_seq_continues_after_the_queued_events_when_the_sequence_file_is_lost(
+    persistent_setup: tuple[Broker, Subscriber], make_sink: Callable[..., MqttSink], tmp_path: Path, damage: str
+) -> None:
+    broker, sub = persistent_setup
+    broker.stop()
+    settings = broker.settings(persist=True, state_dir=tmp_path / "state")
+    queue_events_during_an_outage(settings, 80)
+    if damage == "missing":
+        sequence_file(settings).unlink()
+    else:
+        sequence_file(settings).write_bytes(b"\x00" * 40)
+    envelope = Envelope(DEVICE, state_file=sequence_file(settings))
+    sink = make_sink(settings, envelope)
+    publish_events(sink, envelope, 5)
+    broker.start()
+    assert sub.wait_for(lambda ms: len({json.loads(m.payload)["seq"] for m in ms if m.topic == EVENTS}) >= 85, timeout=30)
+    # A subscriber that de-duplicates on seq (as the README advises) keeps all 85 real events.
+    assert first_occurrences(seqs(sub)) == list(range(1, 86))
+    assert json.loads(sequence_file(settings).read_text())["events"] == 85
+
+
+def compact(path: Path) -> None:
+    """Rewrite the queue file from scratch (VACUUM INTO a new file): its last page is one of events."""
+    fresh = path.with_name("fresh.sqlite3")
+    db = sqlite3.connect(path)
+    db.execute("VACUUM INTO ?", (str(fresh),))
+    db.close()
+    fresh.replace(path)
+
+
+def readable_one_by_one(path: Path, keys: list[int]) -> dict[int, bytes]:
+    """key -> payload for each row that a direct lookup of its own key still reads intact."""
+    copy = path.with_name("probe.sqlite3")
+    copy.write_bytes(path.read_bytes())
+    db = sqlite3.connect(f"file:{copy}?mode=ro", uri=True)
+    out = {}
+    for key in keys:
+        try:
+            row = db.execute("SELECT payload FROM events WHERE key = ?", (key,)).fetchone()
+        except sqlite3.DatabaseError:
+            continue
+        if row is not None:
+            out[key] = bytes(row[0])
+    db.close()
+    copy.unlink()
+    return out
+
+
+def test_a_damaged_queue_page_loses_only_the_events_on_it(
+    persistent_setup: tuple[Broker, Subscriber], make_sink: Callable[..., MqttSink], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="edge")
+    broker, sub = persistent_setup
+    broker.stop()
+    settings = broker.settings(persist=True, state_dir=tmp_path / "state")
+    payloads = queue_events_during_an_outage(settings, 80)  # queue keys are the seq numbers here
+    path = journal_file(settings)
+    compact(path)
+    original = path.read_bytes()
+    assert len(original) // 4096 >= 4  # page 0 holds the schema; the events span several pages
+    for page in range(1, len(original) // 4096):  # the first page whose damage costs some events: a leaf
+        data = bytearray(original)
+        data[page * 4096:(page + 1) * 4096] = bytes(range(256)) * 16
+        path.write_bytes(bytes(data))
+        # Intact: what SQLite still reads when asked for each key on its own.
+        intact = {k for k, p in readable_one_by_one(path, list(payloads)).items() if p == payloads[k]}
+        if 40 <= len(intact) < 80:
+            break
+    else:
+        pytest.fail("no page of the queue file holds only some of its events")
+
+    sink = make_sink(settings, Envelope(DEVICE, state_file=sequence_file(settings)))
+    assert sink.status()["queued"] == len(intact)
+    assert any(f"recovered {len(intact)} events" in r.getMessage() for r in caplog.records)
+    broker.start()
+    assert sub.wait_for(lambda ms: len({json.loads(m.payload)["seq"] for m in ms if m.topic == EVENTS}) >= len(intact), timeout=30)
+    assert set(seqs(sub)) == intact
+    assert {json.loads(m.payload)["seq"]: m.payload for m in sub.on(EVENTS)} == {s: payloads[s] for s in intact}
+    assert list(path.parent.glob("mqtt-events.sqlite3.corrupt-*"))
+
+
+def test_a_truncated_queue_file_never_publishes_a_corrupt_payload(
+    persistent_setup: tuple[Broker, Subscriber], make_sink: Callable[..., MqttSink], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="edge")
+    broker, sub = persistent_setup
+    broker.stop()
+    settings = broker.settings(persist=True, state_dir=tmp_path / "state")
+    payloads = queue_events_during_an_outage(settings, 80)
+    path = journal_file(settings)
+    compact(path)  # the file ends in a page of events, not in free space
+    path.write_bytes(path.read_bytes()[:-100])
+
+    sink = make_sink(settings, Envelope(DEVICE, state_file=sequence_file(settings)))
+    queued = sink.status()["queued"]
+    assert 0 < queued < 80
+    assert any("damaged" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records)
+    broker.start()
+    assert wait_until(lambda: sink.status()["delivered"] == queued, timeout=30)
+    sink.publish(Message(topic="events", payload={"marker": True}, qos=1))  # sent after every stored one
+    assert sub.wait_for(lambda ms: any(b"marker" in m.payload for m in ms), timeout=30)
+    stored = [m.payload for m in sub.on(EVENTS) if b"marker" not in m.payload]
+    assert stored and set(stored) <= set(payloads.values())  # each one exactly as it was queued, no NUL-filled ones
+
+
+def test_a_zero_byte_queue_file_is_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="edge")
+    path = tmp_path / "mqtt-events.sqlite3"
+    path.write_bytes(b"")
+    journal = EventJournal(path)
+    assert journal.load() == []
+    journal.close()
+    assert any("0-byte" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    EventJournal(path).close()  # a queue that was written once is not empty any more
+    assert not any("0-byte" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("damaged", [[(100, 180), (1500, 1999)], [(1, 35)], [(1, 35), (60, 61)], [(1990, 2000)]])
+def test_salvage_steps_around_every_damaged_range(damaged: list[tuple[int, int]]) -> None:
+    from edge.sinks.event_journal import salvage_rows
+
+    keys = [k for k in range(1, 2001) if k % 7]  # gaps, as acknowledged events leave them
+
+    def probe(key: int):
+        nxt = next((k for k in keys if k >= key), None)
+        reach = key if nxt is None else nxt
+        # A lookup past the last key still reads the last leaf.
+        if any(lo <= reach <= hi for lo, hi in damaged) or (nxt is None and any(lo <= keys[-1] <= hi for lo, hi in damaged)):
+            raise sqlite3.DatabaseError("database disk image is malformed")
+        return None if nxt is None else (nxt, "events", b"{}", 1)
+
+    got = [row[0] for row in salvage_rows(probe)]
+    assert got == [k for k in keys if not any(lo <= k <= hi for lo, hi in damaged)]
+
+
+# --- connection hints say what was observed (item 7) ---------------------------------------------
+
+
+def first_problem(sink: MqttSink, caplog: pytest.LogCaptureFixture, timeout: float = 30.0) -> str:
+    assert wait_until(lambda: sink.status()["failed_attempts"] >= 1, timeout=timeout)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "retrying" in r.getMessage()]
+    assert warnings
+    return warnings[0]
+
+
+def test_mutual_tls_works_and_a_rejected_client_certificate_is_named(
+    broker_factory: Callable[..., Broker], make_sink: Callable[..., MqttSink], tls_files: TlsFiles, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="edge")
+    broker = broker_factory(tls=tls_files, require_certificate=True)
+    good = broker.settings(cert_file=tls_files.client_cert, key_file=tls_files.client_key)
+    assert check_broker(good, timeout=5) is None
+    sub = Subscriber(broker, [EVENTS])
+    publish_events(make_sink(good), Envelope(DEVICE), 2)
+    assert sub.wait_for(lambda ms: len(ms) >= 2)
+    sub.close()
+
+    stranger = broker.settings(cert_file=tls_files.stranger_cert, key_file=tls_files.stranger_key, client_id="deepfer-stranger")
+    problem = first_problem(make_sink(stranger), caplog)
+    for message in (problem, check_broker(stranger, timeout=5) or ""):
+        assert "client certificate" in message and "mqtt.cert_file" in message, message
+        assert "speaks TLS" not in message and "mqtt.tls" not in message, message
+    caplog.clear()
+    without = broker.settings(client_id="deepfer-no-cert")
+    problem = first_problem(make_sink(without), caplog)
+    assert "requires a client certificate" in problem and "mqtt.cert_file" in problem, problem
+
+
+def test_tls_to_a_plain_port_says_the_port_does_not_speak_tls(
+    broker: Broker, make_sink: Callable[..., MqttSink], tls_files: TlsFiles, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="edge")
+    settings = broker.settings(tls=True, ca_file=tls_files.ca)
+    for message in (first_problem(make_sink(settings), caplog), check_broker(settings, timeout=5) or ""):
+        assert "does not seem to speak TLS" in message and "mqtt.tls = false" in message and "mqtt.port" in message, message
+
+
+def test_a_broker_that_never_answers_gets_no_tls_hint(make_sink: Callable[..., MqttSink], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="edge")
+    with socket.socket() as hole:  # TCP connects; nothing ever answers the MQTT login
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(16)
+        settings = MqttSettings(host="127.0.0.1", port=hole.getsockname()[1], reconnect_min_s=0.1, reconnect_max_s=0.5, keepalive_s=5)
+        problem = first_problem(make_sink(settings), caplog)
+        assert "did not answer the login within 5 s" in problem and "TLS" not in problem, problem
+        message = check_broker(settings, timeout=2) or ""
+        assert "did not answer the login" in message and "TLS" not in message, message
+
+
+# --- drop counts (item 8) and homeassistant/status (item 9) ---------------------------------------
+
+
+def drop_totals(caplog: pytest.LogCaptureFixture) -> list[int]:
+    import re
+
+    return [int(m.group(1)) for r in caplog.records if (m := re.search(r"\((\d+) in all", r.getMessage()))]
+
+
+@pytest.mark.parametrize("outage_ends_by", ["reconnect", "stop"])
+def test_the_drop_warning_agrees_with_the_counter(
+    broker: Broker, make_sink: Callable[..., MqttSink], caplog: pytest.LogCaptureFixture, outage_ends_by: str
+) -> None:
+    caplog.set_level(logging.WARNING, logger="edge")
+    broker.stop()
+    sink = make_sink(broker.settings(queue_size=5))
+    envelope = Envelope(DEVICE)
+    publish_events(sink, envelope, 6)
+    assert wait_until(lambda: drop_totals(caplog) == [1])  # the first drop is reported at once
+    publish_events(sink, envelope, 181)  # within the rate limit of that warning
+    assert sink.status()["dropped_events"] == 182
+    if outage_ends_by == "reconnect":
+        broker.start()
+        assert wait_until(lambda: sink.status()["delivered"] == 5, timeout=30)
+        assert wait_until(lambda: drop_totals(caplog)[-1:] == [182])
+    else:
+        sink.stop(timeout=0.5)
+        assert drop_totals(caplog)[-1] == 182
+
+
+def test_homeassistant_status_ignores_oversized_payloads_and_rate_limits_its_log(
+    broker: Broker, make_sink: Callable[..., MqttSink], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="edge")
+    make_sink(broker.settings(homeassistant=True))
+    faces = f"homeassistant/sensor/{DEVICE}/faces/config"
+    assert wait_until(lambda: faces in ha_configs(broker))
+    broker.publish(faces, b"", retain=True)
+    # 2 MB that would read "online" once stripped: never copied, never taken for Home Assistant's birth message.
+    broker.publish("homeassistant/status", b"online" + b" " * 2_000_000)
+    assert wait_until(lambda: any("ignored a 2000006-byte message" in r.getMessage() for r in caplog.records))
+    assert faces not in ha_configs(broker)
+    for _ in range(20):
+        broker.publish("homeassistant/status", "online")
+    assert wait_until(lambda: sum("came online" in r.getMessage() for r in caplog.records) == 20)
+    assert wait_until(lambda: faces in ha_configs(broker))
+    infos = [r for r in caplog.records if "came online" in r.getMessage() and r.levelno >= logging.INFO]
+    assert len(infos) == 1

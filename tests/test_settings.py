@@ -1,6 +1,7 @@
 """Settings tree: precedence TOML < environment < flags, clear errors, exit code 78, secrets."""
 
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -94,15 +95,6 @@ def test_password_is_never_shown(tmp_path, capsys, caplog):
     assert '"username": "u"' in out and "hunter2" not in out and "hunter2" not in caplog.text
 
 
-def test_reference_lists_every_field(capsys):
-    assert main(["config", "--reference"]) == 0
-    out = capsys.readouterr().out
-    for name, f in EdgeSettings.model_fields.items():
-        sub = getattr(f.annotation, "model_fields", None)
-        for field in sub or [None]:
-            assert (f"{name}.{field}" if field else name) in out
-
-
 BLOCK_OPTIONAL = """
 import sys, importlib.abc
 class Block(importlib.abc.MetaPathFinder):
@@ -143,3 +135,156 @@ def test_mqtt_password_from_systemd_credentials(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("DEEPFER_MQTT__PASSWORD")
     cli.main(["--mqtt-host", "b"])
     assert seen == ["from-env", "s3cret"]
+
+
+# --- topic names (issue 13, item 1) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"mqtt": {"prefix": "#"}}, "mqtt.prefix"),
+        ({"mqtt": {"prefix": "home/+/x"}}, "mqtt.prefix"),
+        ({"mqtt": {"prefix": "a\x00b"}}, "mqtt.prefix"),
+        ({"mqtt": {"discovery_prefix": "ha#"}}, "mqtt.discovery_prefix"),
+        ({"mqtt": {"discovery_prefix": "ha\nx"}}, "mqtt.discovery_prefix"),
+        ({"device_id": "kitchen\x07"}, "device_id"),
+        ({"device_id": "a+b"}, "device_id"),
+        ({"device_id": "x" * 70_000}, "device_id"),
+        ({"mqtt": {"prefix": "p" * 70_000}}, "mqtt.prefix"),
+        # Each part fits on its own, but not the topics made of both.
+        ({"device_id": "d" * 40_000, "mqtt": {"prefix": "p" * 40_000}}, "mqtt.prefix and device_id"),
+    ],
+)
+def test_topic_parts_that_mqtt_cannot_carry_are_refused(overrides, field):
+    with pytest.raises(ConfigError) as exc:
+        load_settings(overrides=overrides)
+    message = str(exc.value)
+    assert field in message
+    assert len(message) < 400  # a 70,000-character value is not echoed in full
+
+
+def test_topic_parts_mqtt_allows_are_kept():
+    s = load_settings(overrides={"device_id": "küche-1", "mqtt": {"prefix": "home/deepfer", "discovery_prefix": "ha"}})
+    assert (s.device_id, s.mqtt.prefix, s.mqtt.discovery_prefix) == ("küche-1", "home/deepfer", "ha")
+    assert load_settings(overrides={"mqtt": {"prefix": ""}}).mqtt.prefix == ""
+
+
+def test_a_wildcard_prefix_exits_78_before_connecting(capsys):
+    assert main(["config", "--prefix", "#"]) == 78
+    err = capsys.readouterr().err
+    assert "mqtt.prefix" in err and "wildcard" in err
+
+
+# --- no tracebacks for bad input (item 5) -------------------------------------------------------
+
+
+def run_cli(*argv, env_extra=None, cwd=ROOT):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPFER_")}
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "edge.cli", *argv], capture_output=True, text=True, cwd=cwd, env=env, timeout=60)
+
+
+def test_malformed_json_section_in_the_environment_exits_78_with_one_line():
+    r = run_cli("config", env_extra={"DEEPFER_MQTT": "{bad"})
+    assert r.returncode == 78
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "DEEPFER_MQTT" in r.stderr and "JSON" in r.stderr
+
+
+def test_a_json_section_in_the_environment_still_works():
+    r = run_cli("config", env_extra={"DEEPFER_MQTT": '{"host": "from-json"}'})
+    assert r.returncode == 0, r.stderr
+    assert '"host": "from-json"' in r.stdout
+
+
+def test_config_file_that_is_not_utf8_exits_78_with_one_line(tmp_path):
+    cfg = tmp_path / "latin1.toml"
+    cfg.write_bytes('[mqtt]\nhost = "caf\u00e9"\n'.encode("latin-1"))
+    r = run_cli("config", "--config", str(cfg))
+    assert r.returncode == 78
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert str(cfg) in r.stderr and "UTF-8" in r.stderr and "line 2" in r.stderr
+
+
+# --- secrets (item 6) ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [12345678, ["hunter2"], 3.25])
+def test_a_mistyped_password_is_not_echoed(tmp_path, value, capsys):
+    import json
+
+    cfg = write(tmp_path, f"[mqtt]\npassword = {json.dumps(value)}\n")
+    assert main(["config", "--config", str(cfg)]) == 78
+    err = capsys.readouterr().err
+    assert "mqtt.password" in err and "hidden" in err
+    for shown in ("12345678", "hunter2", "3.25"):
+        assert shown not in err
+
+
+def test_other_mistyped_values_are_still_shown(tmp_path):
+    with pytest.raises(ConfigError, match="got 'many'"):
+        load_settings(write(tmp_path, '[mqtt]\nport = "many"\n'))
+
+
+# --- contradictory settings (item 10) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("[mqtt]\nreconnect_min_s = 90\nreconnect_max_s = 30\n", "mqtt.reconnect_min_s (90) is larger than mqtt.reconnect_max_s (30)"),
+        ("[mqtt]\nreconnect_min_s = 90\n", "mqtt.reconnect_min_s (90) is larger than mqtt.reconnect_max_s (60)"),
+        ("[camera]\nreopen_backoff_s = 60\nreopen_backoff_max_s = 5\n", "camera.reopen_backoff_s (60) is larger than camera.reopen_backoff_max_s (5)"),
+        ('[mqtt]\ncert_file = "/etc/c.crt"\n', "mqtt.cert_file and mqtt.key_file go together"),
+    ],
+)
+def test_contradictory_settings_are_refused(tmp_path, capsys, text, needle):
+    cfg = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        load_settings(cfg)
+    assert main(["config", "--config", str(cfg)]) == 78
+
+
+def test_equal_first_and_longest_delays_are_fine():
+    s = load_settings(overrides={"mqtt": {"reconnect_min_s": 5, "reconnect_max_s": 5}})
+    assert s.mqtt.reconnect_min_s == s.mqtt.reconnect_max_s == 5
+
+
+# --- environment typos (item 12) ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, nearest",
+    [
+        ("DEEPFER_MQTT_HOST", "DEEPFER_MQTT__HOST"),
+        ("DEEPFER_DETECTR__KIND", "DEEPFER_DETECTOR__KIND"),
+        ("DEEPFER_LOGLEVEL", "DEEPFER_LOG_LEVEL"),
+        ("deepfer_mqtt__prot", "DEEPFER_MQTT__PORT"),
+    ],
+)
+def test_an_unknown_deepfer_variable_names_the_nearest_setting(monkeypatch, capsys, name, nearest):
+    monkeypatch.setenv(name, "x")
+    with pytest.raises(ConfigError) as exc:
+        load_settings()
+    assert name in str(exc.value) and f"did you mean {nearest}" in str(exc.value)
+    assert main(["config"]) == 78
+    assert nearest in capsys.readouterr().err
+
+
+def test_an_unknown_deepfer_variable_far_from_any_setting_points_to_the_reference(monkeypatch):
+    monkeypatch.setenv("DEEPFER_ZZZZZZZZZZZZ", "1")
+    with pytest.raises(ConfigError, match="DEEPFER_ZZZZZZZZZZZZ is not a setting; deepfer-edge config --reference"):
+        load_settings()
+
+
+def test_the_install_scripts_variables_and_real_settings_are_accepted(monkeypatch):
+    # deploy/install.sh reads these; a shell that ran it may still export them.
+    for name in ("DEEPFER_PREFIX", "DEEPFER_DRY_RUN", "DEEPFER_PYTHON"):
+        monkeypatch.setenv(name, "1")
+    monkeypatch.setenv("DEEPFER_MQTT__HOST", "b")
+    monkeypatch.setenv("deepfer_log_level", "DEBUG")  # names are case-insensitive, as pydantic-settings reads them
+    s = load_settings()
+    assert (s.mqtt.host, s.log_level) == ("b", "DEBUG")

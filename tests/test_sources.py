@@ -35,7 +35,7 @@ from edge.sources import (
     parse_source,
 )
 from edge.sources.picamera import lores_size
-from media import face_file, iou, video_frames
+from media import damaged_video, face_file, frames_opencv_reads_on, iou, video_frames
 
 WAIT = 10.0  # generous upper bound for a background thread to get somewhere; never a timing assertion
 
@@ -252,6 +252,33 @@ def test_video_file_loops() -> None:
         frames = [source.read(1.0) for _ in range(150)]
     assert [f.index for f in frames] == list(range(150))
     assert np.array_equal(frames[0].image, frames[72].image) and np.array_equal(frames[5].image, frames[77].image)
+
+
+def test_a_damaged_frame_is_skipped_and_counted_and_the_file_read_to_its_end(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="edge")
+    path = damaged_video(tmp_path / "damaged.avi", frames=200, bad=(100,))
+    expected = frames_opencv_reads_on(path)
+    assert 190 <= expected < 200  # the damage costs OpenCV a frame or two, not the second half
+    source = open_source(CameraSettings(source=str(path)))
+    with source:
+        frames = drain(source)
+    assert len(frames) == expected
+    assert source.skipped >= 1 and frames[-1].index == len(frames) + source.skipped - 1
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("frame 100 cannot be decoded" in m for m in messages), messages
+    assert any(f"{len(frames)} frames read, {source.skipped} undecodable frames skipped" in m for m in messages), messages
+
+
+def test_a_damaged_video_loops_on_past_its_bad_frame(tmp_path: Path) -> None:
+    path = damaged_video(tmp_path / "damaged.avi", frames=60, bad=(30,))
+    per_pass = frames_opencv_reads_on(path)
+    source = open_source(CameraSettings(source=str(path), loop=True))
+    source.open()
+    try:
+        frames = [source.read() for _ in range(per_pass * 2 + 5)]
+    finally:
+        source.close()
+    assert all(f is not None for f in frames) and source.skipped >= 2
 
 
 def test_undecodable_video_file_is_a_source_error(tmp_path: Path) -> None:

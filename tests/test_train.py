@@ -77,6 +77,48 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
                            val_npz=root / "val.npz", toml=root / "recipe.toml")
 
 
+# Runs pytest in a subprocess with the [train] extra's modules made unimportable (nothing is uninstalled).
+WITHOUT_TRAIN_EXTRA = """
+import sys, importlib.abc
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in {'tensorflow', 'keras', 'matplotlib'}:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Block())
+if sys.argv[1] == "pytest":
+    import pytest
+    sys.exit(pytest.main(sys.argv[2:]))
+from train.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def without_train_extra(*args: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "without_train_extra.py"
+    script.write_text(WITHOUT_TRAIN_EXTRA)
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+def test_train_tests_skip_with_a_reason_without_the_train_extra(tmp_path: Path) -> None:
+    names = ["test_learning_rate_schedules", "test_batchnorm_update_is_the_plain_mean_over_batches",
+             "test_mixup_blends_faces_targets_and_weights_by_one_share_each"]
+    r = without_train_extra("pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/test_train.py", "-k", " or ".join(names),
+                            tmp_path=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "3 skipped" in r.stdout and "failed" not in r.stdout, r.stdout
+    assert "tensorflow is not installed (pip install 'deepfer[train]')" in r.stdout
+
+
+def test_evaluate_out_without_matplotlib_writes_metrics_and_card_and_succeeds(synthetic: SimpleNamespace, tmp_path: Path) -> None:
+    shipped = ROOT / "edge" / "models" / "deepfer_fernet_int8.tflite"
+    out = tmp_path / "eval"
+    r = without_train_extra("train", "evaluate", str(shipped), "--data", str(synthetic.val_npz), "--out", str(out), tmp_path=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "matplotlib is not installed" in r.stderr and "Traceback" not in r.stderr
+    assert json.loads((out / "metrics.json").read_text())["n"] == 70
+    assert (out / "model_card.md").is_file() and not list(out.glob("*.png"))
+
+
 def _best_epoch(run: Path) -> int:
     """1-based epoch of the first maximum of val_accuracy: the one best.keras holds."""
     lines = (run / "history.csv").read_text().splitlines()

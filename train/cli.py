@@ -218,7 +218,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     data = load(args.data, args.split, pred.input_size)
     if args.out:
         metrics = evaluate_to_dir(pred, data, args.out)
-        log.info("wrote metrics.json, plots and model_card.md to %s", args.out)
+        log.info("wrote the evaluation (metrics.json, model_card.md and any plots) to %s", args.out)
     else:
         metrics = evaluate(pred, data)
     print(format_table(metrics))

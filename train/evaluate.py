@@ -269,11 +269,17 @@ def evaluate_to_dir(model: str | Path | Predictor, data: FaceSet, out_dir: Path)
     metrics = evaluate(pred, data)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_metrics(metrics, out_dir / "metrics.json")
-    images = {"confusion": report.plot_confusion(metrics, out_dir / "confusion_matrix.png")}
+    images: dict[str, Path] = {}
     run_dir = Path(model).parent
     history = run_dir / "history.csv"
-    if history.is_file():
-        images["curves"] = report.plot_history(history, out_dir / "training_curves.png")
+    if report.can_plot():
+        images["confusion"] = report.plot_confusion(metrics, out_dir / "confusion_matrix.png")
+        if history.is_file():
+            images["curves"] = report.plot_history(history, out_dir / "training_curves.png")
+    else:
+        # Evaluating a .tflite bundle needs no [train] extra; the plots are what it would add.
+        log.warning("matplotlib is not installed: %s gets metrics.json and model_card.md without plots "
+                    "(pip install matplotlib, or 'deepfer[train]', for them)", out_dir)
     recipe = _read_json(run_dir / "recipe.json")
     bundle_meta = _read_json(Path(model).with_suffix(".json")) if Path(model).suffix == ".tflite" else {}
     card = report.model_card(

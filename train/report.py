@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import importlib.util
 import math
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,14 @@ LIMITATIONS = """\
   (square box with the bundle's ``crop_margin``). Profile faces, heavy blur and very
   dark frames fall outside what it was trained on.
 """
+
+
+def can_plot() -> bool:
+    """Whether matplotlib can be imported (looked up, not imported: that costs a second)."""
+    try:
+        return importlib.util.find_spec("matplotlib") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _pyplot():

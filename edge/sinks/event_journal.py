@@ -10,7 +10,12 @@ one fsync per event (slow and wearing on SD cards) for a small window on power
 loss, which suits events that arrive a few times a second at most.
 
 A file that is not a readable database (disk trouble, a stray file) is moved
-aside with a warning and a fresh queue started, so the daemon keeps running.
+aside with a warning and a fresh queue started, so the daemon keeps running;
+every event that can still be read from the damaged file is carried over
+(:func:`salvage_rows` steps around damaged pages). Every stored event is
+checked before it is handed out (:func:`payload_problem`): a damaged payload
+is dropped with a warning rather than published. A 0-byte file where a queue
+was expected (events lost to a full disk or a bad copy) is reported too.
 
 The journal is used from one thread at a time (the MQTT sink's sender thread,
 then ``stop()`` after that thread ended); it does no locking of its own.
@@ -18,10 +23,11 @@ then ``stop()`` after that thread ended); it does no locking of its own.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +41,79 @@ CREATE TABLE IF NOT EXISTS events (
     qos INTEGER NOT NULL
 )
 """
+
+
+Row = tuple[int, str, bytes, int]
+_MAX_KEY = 2**63 - 1  # SQLite's largest rowid
+
+
+def payload_problem(topic: str, payload: bytes, qos: int) -> str | None:
+    """Why a stored event is damaged, or None when it is what the sink stored.
+
+    The sink stores UTF-8 text (a JSON object for every enveloped message);
+    a torn page reads back as NUL bytes or broken text, never as valid JSON.
+    """
+    if not topic or qos not in (0, 1, 2):
+        return "bad topic or QoS"
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return "payload is not UTF-8"
+    if "\0" in text:
+        return "payload holds NUL bytes"
+    if text[:1] in ("{", "["):  # every enveloped message: a torn one no longer parses
+        try:
+            json.loads(text)
+        except ValueError:
+            return "payload is not valid JSON"
+    return None
+
+
+def salvage_rows(probe: Callable[[int], Row | None]) -> list[Row]:
+    """Every row ``probe`` can still read, in key order, stepping around the keys whose lookup fails.
+
+    ``probe(k)`` returns the row with the smallest key >= k (None past the
+    last) or raises ``sqlite3.DatabaseError`` when the lookup meets a damaged
+    page. After a failure the search gallops forward (k+1, k+2, k+4, …) to the
+    first lookup that works, then bisects back to the first key past the
+    damage, so a damaged leaf costs only the events on it. A damaged page
+    high in the tree hides everything below it; those events are not readable.
+    """
+    rows: list[Row] = []
+    key = -_MAX_KEY
+    while key <= _MAX_KEY:
+        try:
+            row = probe(key)
+        except sqlite3.DatabaseError:
+            row, key = _past_damage(probe, key)
+            if key > _MAX_KEY:
+                break
+        if row is None:
+            break
+        rows.append(row)
+        key = row[0] + 1
+    return rows
+
+
+def _past_damage(probe: Callable[[int], Row | None], bad: int) -> tuple[Row | None, int]:
+    """From a failing key ``bad``: the first row whose lookup works again and the key it was found at."""
+    step = 1
+    while True:
+        if bad >= _MAX_KEY:
+            return None, _MAX_KEY + 1
+        good = min(bad + step, _MAX_KEY)
+        try:
+            row = probe(good)
+            break
+        except sqlite3.DatabaseError:
+            bad, step = good, step * 2
+    while good - bad > 1:  # the lookups in (bad, good) may reach rows just past the damage
+        mid = (bad + good) // 2
+        try:
+            row, good = probe(mid), mid
+        except sqlite3.DatabaseError:
+            bad = mid
+    return row, good
 
 
 @dataclass(frozen=True)
@@ -51,16 +130,28 @@ class EventJournal:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_file() and path.stat().st_size == 0:
+            # SQLite would quietly treat it as a new database; a queue file is never empty once written.
+            log.warning(
+                "event queue %s is an empty (0-byte) file; the events it held are lost "
+                "(a full disk or an interrupted copy?); starting an empty queue", path,
+            )
         try:
             self._db = self._open(path)
         except sqlite3.DatabaseError as exc:
+            rescued = _salvage(path)
             aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
-            log.warning("event queue %s is unreadable (%s); moved it to %s and started an empty queue", path, exc, aside)
             for suffix in ("", "-wal", "-shm"):
                 src = path.with_name(path.name + suffix)
                 if src.exists():
                     src.replace(aside.with_name(aside.name + suffix))
             self._db = self._open(path)
+            if rescued:
+                self.apply(add=[StoredEvent(*row) for row in rescued])
+            log.warning(
+                "event queue %s is damaged (%s); recovered %d events from it, moved it to %s and continue with those",
+                path, exc, len(rescued), aside,
+            )
 
     @staticmethod
     def _open(path: Path) -> sqlite3.Connection:
@@ -80,9 +171,23 @@ class EventJournal:
         return db
 
     def load(self) -> list[StoredEvent]:
-        """All stored events, oldest first."""
+        """All intact stored events, oldest first; damaged ones are removed with a warning."""
         rows = self._db.execute("SELECT key, topic, payload, qos FROM events ORDER BY key").fetchall()
-        return [StoredEvent(int(k), str(t), bytes(p), int(q)) for k, t, p, q in rows]
+        events, damaged = [], []
+        for k, t, p, q in rows:
+            event = StoredEvent(int(k), str(t), bytes(p), int(q))
+            problem = payload_problem(event.topic, event.payload, event.qos)
+            if problem is None:
+                events.append(event)
+            else:
+                damaged.append((event.key, problem))
+        if damaged:
+            log.warning(
+                "event queue %s: %d stored events are damaged and are dropped, not sent (first: key %d, %s)",
+                self.path, len(damaged), damaged[0][0], damaged[0][1],
+            )
+            self.apply(remove=[k for k, _ in damaged])
+        return events
 
     def apply(self, add: Iterable[StoredEvent] = (), remove: Iterable[int] = ()) -> None:
         """Store ``add`` and forget the keys in ``remove`` in one transaction (removing absent keys is fine)."""
@@ -109,3 +214,23 @@ class EventJournal:
             self._db.close()
         except sqlite3.Error as exc:
             log.debug("closing %s: %s", self.path, exc)
+
+
+def _salvage(path: Path) -> list[Row]:
+    """The rows still readable from a damaged queue file (its WAL included); [] when none are."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    except sqlite3.Error:
+        return []
+    query = "SELECT key, topic, payload, qos FROM events WHERE key >= ? ORDER BY key LIMIT 1"
+
+    def probe(key: int) -> Row | None:
+        row = db.execute(query, (key,)).fetchone()
+        return None if row is None else (int(row[0]), str(row[1]), bytes(row[2]), int(row[3]))
+
+    try:
+        return salvage_rows(probe)
+    except sqlite3.Error:  # no events table at all: the schema page itself is damaged
+        return []
+    finally:
+        db.close()

@@ -43,6 +43,7 @@ likely fix.
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import sqlite3
@@ -75,6 +76,9 @@ EVENTS = "events"
 LATEST_VALUE_TOPICS = ("state", "stats")
 SEND_WINDOW = 20  # events handed to paho and not yet acknowledged; bounds paho's own queue
 _DROP_LOG_INTERVAL_S = 60.0
+# Home Assistant's birth message is "online"; anything much longer is not one, and is not even copied.
+HA_STATUS_MAX_BYTES = 64
+_HA_LOG_INTERVAL_S = 60.0
 _X509_V_ERR_HOSTNAME_MISMATCH = 62
 _X509_V_ERR_IP_ADDRESS_MISMATCH = 64
 
@@ -92,6 +96,20 @@ def journal_file(settings: MqttSettings) -> Path:
     return settings.state_dir / "mqtt-events.sqlite3"
 
 
+def highest_seqs(stored: list[StoredEvent]) -> dict[str, int]:
+    """Relative topic -> the highest envelope ``seq`` among the stored events (payloads without one are passed over)."""
+    out: dict[str, int] = {}
+    for event in stored:
+        try:
+            body = json.loads(event.payload)
+        except ValueError:
+            continue
+        seq = body.get("seq") if isinstance(body, dict) else None
+        if isinstance(seq, int) and seq > out.get(event.topic, 0):
+            out[event.topic] = seq
+    return out
+
+
 # --- connection set-up and error sentences (shared with check_broker) ---------------------------
 
 
@@ -105,6 +123,8 @@ def read_password(settings: MqttSettings) -> str | None:
                 f"mqtt.password_file {settings.password_file} cannot be read ({exc.strerror}); "
                 "fix the path or its permissions"
             ) from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"mqtt.password_file {settings.password_file} is not UTF-8 text; save the password as UTF-8") from None
         lines = text.splitlines()
         return lines[0] if lines else ""
     if settings.password is not None:
@@ -134,8 +154,6 @@ def make_client(settings: MqttSettings, client_id: str = "", password: str | Non
         for field, path in (("mqtt.ca_file", settings.ca_file), ("mqtt.cert_file", settings.cert_file), ("mqtt.key_file", settings.key_file)):
             if path is not None and not path.is_file():
                 raise ConfigError(f"{field} {path} does not exist; fix the path or remove the setting")
-        if (settings.cert_file is None) != (settings.key_file is None):
-            raise ConfigError("mqtt.cert_file and mqtt.key_file go together for client certificates; set both or neither")
         try:
             client.tls_set(
                 ca_certs=str(settings.ca_file) if settings.ca_file else None,
@@ -157,6 +175,13 @@ def make_client(settings: MqttSettings, client_id: str = "", password: str | Non
 def describe_exception(exc: BaseException | None, settings: MqttSettings) -> str:
     """One sentence for a failed connection attempt: what happened at host:port and what to check."""
     where = f"{settings.host}:{settings.port}"
+    if settings.tls and _plain_port_answer(exc):
+        return (
+            f"MQTT broker {where} dropped the connection during the TLS handshake ({_reason(exc)}); "
+            "this port does not seem to speak TLS: set mqtt.port to the broker's TLS port (usually 8883) or mqtt.tls = false"
+        )
+    if isinstance(exc, ssl.SSLError) and (hint := tls_rejection(exc.reason or "", str(exc), settings)):
+        return hint
     if isinstance(exc, ssl.SSLCertVerificationError):
         code = getattr(exc, "verify_code", None)
         detail = getattr(exc, "verify_message", None) or str(exc)
@@ -172,7 +197,7 @@ def describe_exception(exc: BaseException | None, settings: MqttSettings) -> str
     if isinstance(exc, ssl.SSLError):
         return (
             f"TLS handshake with MQTT broker {where} failed ({exc.reason or exc}); "
-            "check that this port speaks TLS (mqtt.port, usually 8883) and the mqtt.ca_file/cert_file/key_file"
+            "check mqtt.ca_file, mqtt.cert_file and mqtt.key_file against the broker's TLS settings"
         )
     if isinstance(exc, ConnectionRefusedError):
         return f"MQTT broker {where} refused the connection; check that the broker runs and listens there (mqtt.host, mqtt.port)"
@@ -202,14 +227,108 @@ def describe_refusal(reason: Any, settings: MqttSettings) -> str:
     return f"MQTT broker {where} refused the connection ({name})"
 
 
+# OpenSSL alerts a broker sends when it refuses the client's certificate (or the lack of one).
+_CERT_REQUIRED = ("TLSV13_ALERT_CERTIFICATE_REQUIRED",)
+_CERT_REJECTED = (
+    "TLSV1_ALERT_UNKNOWN_CA", "SSLV3_ALERT_BAD_CERTIFICATE", "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED", "SSLV3_ALERT_CERTIFICATE_REVOKED", "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
+    "TLSV1_ALERT_ACCESS_DENIED", "TLSV1_ALERT_DECRYPT_ERROR",
+)
+
+
+def _reason(exc: BaseException | None) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _plain_port_answer(exc: BaseException | None) -> bool:
+    """What a TLS client sees from a port that speaks plain MQTT: a reset, an EOF or non-TLS bytes mid-handshake."""
+    if isinstance(exc, (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError)):
+        return True
+    return isinstance(exc, ssl.SSLError) and exc.reason in ("WRONG_VERSION_NUMBER", "UNEXPECTED_EOF_WHILE_READING", "RECORD_LAYER_FAILURE")
+
+
+def tls_rejection(reason: str, detail: str, settings: MqttSettings) -> str | None:
+    """The sentence for a broker's TLS alert about the client certificate, or None for other TLS errors."""
+    where = f"{settings.host}:{settings.port}"
+    if reason in _CERT_REQUIRED or (reason == "SSLV3_ALERT_HANDSHAKE_FAILURE" and settings.cert_file is None):
+        if settings.cert_file is None:
+            return (
+                f"MQTT broker {where} requires a client certificate ({detail}); "
+                "set mqtt.cert_file and mqtt.key_file to a certificate signed by a CA the broker trusts"
+            )
+        return f"MQTT broker {where} did not accept the client certificate {settings.cert_file} ({detail}); check mqtt.cert_file and mqtt.key_file"
+    if reason in _CERT_REJECTED:
+        return (
+            f"MQTT broker {where} rejected the client certificate {settings.cert_file or '(none)'} ({detail}); "
+            "set mqtt.cert_file and mqtt.key_file to a certificate signed by a CA the broker trusts (its cafile), "
+            "and check that it has not expired"
+        )
+    return None
+
+
+def describe_receive_error(text: str, settings: MqttSettings) -> str:
+    """One sentence for a connection that failed while waiting for the login answer, from paho's socket error text."""
+    where = f"{settings.host}:{settings.port}"
+    detail = text.removeprefix("failed to receive on socket: ")
+    reason = detail[len("[SSL: "):detail.find("]")] if detail.startswith("[SSL: ") else ""
+    if hint := tls_rejection(reason, detail, settings):
+        return hint
+    if not settings.tls:
+        # A TLS port answers a plain MQTT login by resetting or closing the connection.
+        return (
+            f"MQTT broker {where} broke off the connection before answering ({detail}); "
+            "if it expects TLS set mqtt.tls = true (and mqtt.port, usually 8883)"
+        )
+    if "EOF" in detail:
+        # A broker that refuses the client certificate after a TLS 1.3 handshake often just closes; its alert may be lost.
+        cert = f"the client certificate {settings.cert_file}" if settings.cert_file else "a missing client certificate"
+        return (
+            f"MQTT broker {where} closed the TLS connection before answering the login ({detail}); "
+            f"it may have refused {cert}: check mqtt.cert_file and mqtt.key_file, and the broker's log"
+        )
+    return f"MQTT broker {where} broke off the connection before answering the login ({detail}); check the broker's log"
+
+
 def describe_early_close(settings: MqttSettings) -> str:
+    """The broker closed the connection without answering the login and without an error on our side."""
     where = f"{settings.host}:{settings.port}"
     if settings.tls:
-        return f"MQTT broker {where} closed the connection before answering; check that this port speaks TLS (mqtt.port)"
+        # The handshake succeeded, so the port does speak TLS: the refusal came after it.
+        return (
+            f"MQTT broker {where} closed the connection after the TLS handshake without answering the login; "
+            "check the broker's log (it may refuse this client id, certificate or protocol version)"
+        )
     return (
         f"MQTT broker {where} closed the connection before answering; "
         "if it expects TLS set mqtt.tls = true (and mqtt.port, usually 8883)"
     )
+
+
+def describe_no_answer(settings: MqttSettings, waited_s: float) -> str:
+    """The connection stayed open but the login was never answered: a hung broker or something that is not MQTT."""
+    return (
+        f"MQTT broker {settings.host}:{settings.port} accepted the connection but did not answer the login within {waited_s:g} s; "
+        "check that it is an MQTT broker and that it is not hung or overloaded"
+    )
+
+
+class _SocketErrors:
+    """Paho reports why a read failed only in its log; keep the attempt's first such line for the error sentence.
+
+    The first one is the cause (a TLS alert); reads after it only see the closed socket.
+    """
+
+    def __init__(self) -> None:
+        self.last: str | None = None
+
+    def on_log(self, client: mqtt.Client, userdata: Any, level: int, text: Any) -> None:
+        message = str(text)
+        if self.last is None and level == mqtt.MQTT_LOG_ERR and message.startswith("failed to receive on socket"):
+            self.last = message
 
 
 def check_broker(settings: MqttSettings, timeout: float = 5.0) -> str | None:
@@ -228,6 +347,8 @@ def check_broker(settings: MqttSettings, timeout: float = 5.0) -> str | None:
         result["reason"] = reason
 
     client.on_connect = on_connect
+    socket_errors = _SocketErrors()
+    client.on_log = socket_errors.on_log
     client.connect_timeout = timeout
     try:
         client.connect(settings.host, settings.port, keepalive=max(5, int(timeout) + 5))
@@ -238,10 +359,12 @@ def check_broker(settings: MqttSettings, timeout: float = 5.0) -> str | None:
         while "reason" not in result and time.monotonic() < deadline:
             if client.loop(timeout=0.1) not in (MQTTErrorCode.MQTT_ERR_SUCCESS,):
                 if "reason" not in result:
+                    if socket_errors.last:
+                        return describe_receive_error(socket_errors.last, settings)
                     return describe_early_close(settings)
         reason = result.get("reason")
         if reason is None:
-            return f"MQTT broker {settings.host}:{settings.port} did not answer the login within {timeout:g} s; check that it is an MQTT broker"
+            return describe_no_answer(settings, timeout)
         if reason.is_failure:
             return describe_refusal(reason, settings)
         return None
@@ -317,14 +440,19 @@ class MqttSink:
         self._ha_cleared = False
         self._stopping = False
         self._dropped = 0
-        self._dropped_logged = 0
+        self._dropped_logged = 0  # dropped_events as the log last reported it
         self._drop_logged_at = 0.0
+        self._drops_due = False  # report drops now (the outage ended), not at the next interval
+        self._ha_logged_at: float | None = None
+        self._ha_ignored = 0
+        self._ha_ignored_logged_at: float | None = None
         self._delivered = 0
         self._connects = 0
         self._failures = 0
         self._last_error: str | None = None
         self._problem: str | None = None
         self._attempt_answered = True
+        self._socket_errors = _SocketErrors()
         self._journal: EventJournal | None = None
         self._journal_error: str | None = None
         self._client: mqtt.Client | None = None
@@ -357,6 +485,7 @@ class MqttSink:
         client.on_connect_fail = self._guard(self._on_connect_fail)
         client.on_disconnect = self._guard(self._on_disconnect)
         client.on_publish = self._guard(self._on_publish)
+        client.on_log = self._guard(self._socket_errors.on_log)
         if self.settings.homeassistant:
             client.message_callback_add(homeassistant.status_topic(self.settings.discovery_prefix), self._guard(self._on_ha_status))
         self._client = client
@@ -427,6 +556,7 @@ class MqttSink:
             self._cond.notify_all()
         if self._sender is not None:
             self._sender.join(max(1.0, deadline - time.monotonic()))
+        self._log_drops(final=True)
         offline_mid = None
         if self._connected:
             offline_mid = self._send(self.availability_topic, OFFLINE.encode(), qos=1, retain=True, event=None)
@@ -508,6 +638,9 @@ class MqttSink:
                 "set mqtt.state_dir to a writable directory (systemd: StateDirectory=deepfer)"
             ) from None
         self._journal = journal
+        if self._envelope is not None:
+            for topic, seq in highest_seqs(stored).items():
+                self._envelope.continue_after(topic, seq)
         with self._cond:
             # Events published before start() go after the stored ones, renumbered, and are stored too.
             early = list(self._pending)
@@ -665,14 +798,17 @@ class MqttSink:
                 self._send(topic, b"", qos=1, retain=True, event=None)
             self._ha_cleared = True
 
-    def _log_drops(self) -> None:
+    def _log_drops(self, final: bool = False) -> None:
+        """Report drops once per interval; when the outage ends and at stop, say the total the counter holds."""
         with self._cond:
             dropped = self._dropped
+            due, self._drops_due = self._drops_due or final, False
         new = dropped - self._dropped_logged
         now = time.monotonic()
-        if new > 0 and (self._dropped_logged == 0 or now - self._drop_logged_at >= _DROP_LOG_INTERVAL_S):
+        if new > 0 and (self._dropped_logged == 0 or due or now - self._drop_logged_at >= _DROP_LOG_INTERVAL_S):
             log.warning(
-                "MQTT: event queue full (mqtt.queue_size = %d) while %s is unreachable; dropped the %d oldest events (%d in all)",
+                "MQTT: event queue full (mqtt.queue_size = %d) while %s is unreachable; dropped the %d oldest events "
+                "(%d in all, as dropped_events in stats)",
                 self.settings.queue_size, self.broker, new, dropped,
             )
             self._dropped_logged = dropped
@@ -693,6 +829,7 @@ class MqttSink:
 
     def _on_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
         self._attempt_answered = False
+        self._socket_errors.last = None
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         self._attempt_answered = True
@@ -714,6 +851,7 @@ class MqttSink:
             self._connects += 1
             self._announce = True
             had_problem, self._problem = self._problem, None
+            self._drops_due = True
             connects = self._connects
             queued = self._events_left()
             self._cond.notify_all()
@@ -738,7 +876,13 @@ class MqttSink:
             return
         if not self._attempt_answered:
             self._attempt_answered = True
-            self._report_problem(describe_early_close(self.settings))
+            name = reason.getName() if hasattr(reason, "getName") else str(reason)
+            if name == "Keep alive timeout":  # paho gave up waiting: the broker never closed anything
+                self._report_problem(describe_no_answer(self.settings, self.settings.keepalive_s))
+            elif self._socket_errors.last:
+                self._report_problem(describe_receive_error(self._socket_errors.last, self.settings))
+            else:
+                self._report_problem(describe_early_close(self.settings))
         elif was_connected:
             name = reason.getName() if hasattr(reason, "getName") else str(reason)
             # MQTT 3.1.1 carries no reason for a dropped connection; paho then says "Unspecified error".
@@ -757,8 +901,24 @@ class MqttSink:
             self._cond.notify_all()
 
     def _on_ha_status(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        # Anyone allowed to publish there can send anything, as often as they like: neither
+        # the payload's size nor its rate may reach memory or the log unbounded.
+        now = time.monotonic()
+        if len(message.payload) > HA_STATUS_MAX_BYTES:
+            self._ha_ignored += 1
+            if self._ha_ignored_logged_at is None or now - self._ha_ignored_logged_at >= _HA_LOG_INTERVAL_S:
+                log.warning(
+                    "MQTT: ignored a %d-byte message on %s (Home Assistant sends 'online'; %d ignored so far)",
+                    len(message.payload), message.topic, self._ha_ignored,
+                )
+                self._ha_ignored_logged_at = now
+            return
         if message.payload.strip().lower() == ONLINE.encode():
-            log.info("MQTT: Home Assistant came online; announcing the device again")
+            if self._ha_logged_at is None or now - self._ha_logged_at >= _HA_LOG_INTERVAL_S:
+                log.info("MQTT: Home Assistant came online; announcing the device again")
+                self._ha_logged_at = now
+            else:
+                log.debug("MQTT: Home Assistant came online again; announcing the device again")
             with self._cond:
                 self._ha_announce = True
                 self._cond.notify_all()

@@ -26,6 +26,8 @@ V4L2_HINT = (
 )
 STREAM_HINT = "check the URL, credentials and network, and that the stream plays elsewhere (e.g. `ffprobe URL`)"
 STREAM_TIMEOUT_MS = 10_000
+# Failed reads in a row that mark the end of a video file (fewer are damaged frames, skipped and counted).
+MAX_BAD_RUN = 50
 
 
 class CvCamera:
@@ -179,12 +181,27 @@ class VideoFileSource(FiniteSource):
         return 1.0 / (self._fps or 30.0)
 
     def _pass(self) -> Iterator[np.ndarray | None]:
+        # A failed read is either one undecodable frame (FFmpeg goes on with the next) or the end of
+        # the file; only a run of MAX_BAD_RUN failures is taken for the end. Failures followed by a
+        # good frame are yielded as None, so the base class counts them as skipped.
         cap = self._cap
-        while cap is not None:
+        failures = bad = good = 0
+        while cap is not None and failures < MAX_BAD_RUN:
             ok, image = cap.read()
-            if not ok:
-                return
+            if not ok or image is None:
+                failures += 1
+                continue
+            if failures:
+                if not bad:
+                    log.warning("%s: frame %d cannot be decoded; skipping it (further ones are only counted)",
+                                self.name, good + bad)
+                bad += failures
+                yield from [None] * failures
+                failures = 0
+            good += 1
             yield image
+        if bad:
+            log.warning("%s: %d frames read, %d undecodable frames skipped", self.name, good, bad)
 
     def _stop(self) -> None:
         if self._cap is not None:
