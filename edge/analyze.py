@@ -184,11 +184,7 @@ class Analyzer:
             source.open()
         except SourceError as exc:
             raise InputError(str(exc).removeprefix("camera.source: ")) from None
-        cap = cv2.VideoCapture(str(path))
-        fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
-        n_frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        cap.release()
-        length = n_frames / fps if fps > 0 and n_frames > 0 else 0.0
+        fps, length = source.fps, source.length_s
         timeline = TimelineSink()
         writer: cv2.VideoWriter | None = None
         size = [0, 0]

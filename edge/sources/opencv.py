@@ -148,6 +148,7 @@ class VideoFileSource(FiniteSource):
         self.path = path
         self._cap: cv2.VideoCapture | None = None
         self._fps = 0.0
+        self._length = 0
         self._first = 0  # index of this pass's first frame
         self._previous = -1.0
 
@@ -162,8 +163,19 @@ class VideoFileSource(FiniteSource):
         self._cap = cap
         fps = cap.get(cv2.CAP_PROP_FPS)
         self._fps = fps if 0 < fps < 1000 else 0.0
+        self._length = max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0))
         self._first = self._index
         self._previous = -1.0
+
+    @property
+    def fps(self) -> float:
+        """The container's frame rate (0 when it does not say)."""
+        return self._fps
+
+    @property
+    def length_s(self) -> float:
+        """The clip's length as its container states it (0 when unknown); for progress reports."""
+        return self._length / self._fps if self._fps and self._length else 0.0
 
     def _position(self, index: int) -> float | None:
         # The decoder's timestamp of the frame just read; containers without timestamps report 0 for
