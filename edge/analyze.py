@@ -86,6 +86,7 @@ class TimelineSink:
     """Collects the pipeline's events into per-track timelines (the sink analyze runs the daemon with)."""
 
     name = "timeline"
+    on_closed = None
 
     def __init__(self) -> None:
         self.tracks: dict[int, TrackLog] = {}

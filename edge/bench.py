@@ -23,6 +23,7 @@ class SerializingSink:
     """Stands in for the real sinks: pays for the JSON encoding each message costs, sends nothing."""
 
     name = "bench"
+    on_closed = None
 
     def __init__(self) -> None:
         self.messages = 0

@@ -70,7 +70,7 @@ def build(settings: EdgeSettings, sinks: list[EventSink] | None = None, source: 
     sinks = create_sinks(settings, envelope, bundle.labels) if sinks is None else sinks
     info = {
         "backend": classifier.backend,
-        "runtime": getattr(classifier, "runtime", ""),
+        "runtime": classifier.runtime,
         "detector": detector.name,
         "source": source.name,
         "model": {"name": bundle.name, "version": bundle.version},
@@ -82,9 +82,9 @@ def build(settings: EdgeSettings, sinks: list[EventSink] | None = None, source: 
         detect_every=settings.detector.every_n_frames, geometry=models.geometry,
     )
     aggregator.status_provider = pipeline.sink_status
-    if len(sinks) == 1 and hasattr(sinks[0], "on_broken_pipe"):
+    if len(sinks) == 1:
         # `deepfer-edge --stdout | head`: with nobody left to read, there is nothing left to do.
-        sinks[0].on_broken_pipe = pipeline.stop
+        sinks[0].on_closed = pipeline.stop
     return Components(settings, bundle, source, pipeline, list(sinks))
 
 
@@ -112,7 +112,7 @@ def run(components: Components, notifier: Any = None, max_frames: int = 0) -> in
     def heartbeat(status: Mapping[str, Any]) -> None:
         if notifier is None:
             return
-        stuck = getattr(components.source, "stalled_for", 0.0) > STALLED_READ_S
+        stuck = components.source.stalled_for > STALLED_READ_S
         if stuck and not stalled[0]:
             log.error("%s: a camera read has been blocked for over %.0f s; no longer feeding the systemd watchdog",
                       components.source.name, STALLED_READ_S)

@@ -22,7 +22,7 @@ The known crop is the enlarged face's own square.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -141,6 +141,7 @@ class TrackRecorder:
 
     source: RenderedFaces
     name: str = "recorder"
+    on_closed: Callable[[], None] | None = None
     started: dict[int, tuple[int, Box]] = field(default_factory=dict)  # track id -> (face, box)
     dominant: dict[int, str] = field(default_factory=dict)  # track id -> dominant emotion at its end
 

@@ -127,7 +127,7 @@ class Pipeline:
         t3 = time.monotonic()
         times.add("capture", max(0.0, t0 - frame.t_capture))
         times.add("classify", t2 - t1)
-        infer = getattr(self.classifier, "last_infer_s", None)
+        infer = self.classifier.last_infer_s
         if boxes and infer is not None:
             times.add("infer", infer)
         times.add("publish", t3 - t2)

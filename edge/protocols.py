@@ -81,6 +81,11 @@ class FrameSource(Protocol):
         """Frames read but unusable (undecodable, odd shape) and passed over."""
         ...
 
+    @property
+    def stalled_for(self) -> float:
+        """Seconds the current read has been blocked inside a driver (0 when none is): a wedged camera."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -110,7 +115,9 @@ class FaceDetector(Protocol):
 @runtime_checkable
 class Classifier(Protocol):
     labels: Sequence[str]
-    backend: str
+    backend: str  # where it runs: "cpu" or "edgetpu"
+    runtime: str  # the TFLite runtime package, e.g. "ai-edge-litert"
+    last_infer_s: float | None  # the model's own time per face in the last classify() (None before any face)
 
     def classify(self, gray_frame: np.ndarray, crops: Sequence[Box]) -> np.ndarray:
         """Return (len(crops), len(labels)) float32 probabilities for the faces' square crops
@@ -131,6 +138,8 @@ class Message:
 @runtime_checkable
 class EventSink(Protocol):
     name: str
+    # Called once when the sink's reader is gone for good (stdout piped into `head`); None: nothing to tell.
+    on_closed: Callable[[], None] | None
 
     def start(self) -> None: ...
 

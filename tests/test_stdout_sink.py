@@ -78,7 +78,7 @@ from edge.protocols import Message
 from edge.sinks.stdout_sink import StdoutSink
 
 hook = threading.Event()
-sink = StdoutSink(on_broken_pipe=hook.set)
+sink = StdoutSink(on_closed=hook.set)
 sink.start()
 for n in range(100000):
     sink.publish(Message("events", {"n": n, "pad": "x" * 200}))

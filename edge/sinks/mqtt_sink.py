@@ -407,6 +407,7 @@ class MqttSink:
     """Publishes to ``{prefix}/{device_id}/…``; see the module docstring for the delivery rules."""
 
     name = "mqtt"
+    on_closed = None  # a broker that goes away comes back: the outbox keeps the events meanwhile
 
     def __init__(
         self,

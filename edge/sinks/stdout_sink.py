@@ -16,7 +16,7 @@ Lines are written by a writer thread from a bounded queue, so a slow reader
 never stalls the pipeline: when the queue is full the newest message is
 dropped and counted (``dropped`` in ``status()``). When the reader goes away
 (``| head``), the sink stops writing quietly instead of raising BrokenPipe
-and calls ``on_broken_pipe`` (the daemon can stop when stdout was its only
+and calls ``on_closed`` (the daemon can stop when stdout was its only
 sink).
 """
 
@@ -49,11 +49,11 @@ class StdoutSink:
         self,
         stream: TextIO | None = None,
         queue_size: int = 1000,
-        on_broken_pipe: Callable[[], None] | None = None,
+        on_closed: Callable[[], None] | None = None,
     ) -> None:
         self._stream = stream
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
-        self.on_broken_pipe = on_broken_pipe
+        self.on_closed = on_closed
         self._thread: threading.Thread | None = None
         self._written = 0
         self._dropped = 0
@@ -151,8 +151,8 @@ class StdoutSink:
                 os.close(devnull)
             except (OSError, ValueError):
                 pass
-        if self.on_broken_pipe is not None:
+        if self.on_closed is not None:
             try:
-                self.on_broken_pipe()
+                self.on_closed()
             except Exception:  # a faulty hook must not kill the writer thread silently
-                log.exception("on_broken_pipe hook failed")
+                log.exception("on_closed hook failed")

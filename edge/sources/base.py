@@ -167,6 +167,11 @@ class FiniteSource:
         return self._dropped
 
     @property
+    def stalled_for(self) -> float:
+        """A recording is read in the loop's own thread: it cannot wedge the way a camera driver can."""
+        return 0.0
+
+    @property
     def skipped(self) -> int:
         """Frames (or files) that could not be used and were passed over."""
         return self._skipped
