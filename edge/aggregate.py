@@ -8,44 +8,16 @@ same windows at its native rate and at file speed.
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from edge.messages import Envelope
+from edge.metrics import Metrics
 from edge.protocols import Frame, Message
 from edge.settings import EventsSettings
 from edge.tracker import Track, TrackEvent
-
-# "infer" is the model alone, per face: the part of "classify" left once the crops are made.
-STAGES = ("capture", "detect", "classify", "infer", "publish", "total")
-
-
-@dataclass
-class StageTimes:
-    """Recent per-stage latencies (seconds) in bounded rings; percentiles on demand."""
-
-    size: int = 2048
-    rings: dict[str, deque[float]] = field(default_factory=dict)
-
-    def add(self, stage: str, seconds: float) -> None:
-        ring = self.rings.get(stage)
-        if ring is None:
-            ring = self.rings[stage] = deque(maxlen=self.size)
-        ring.append(seconds)
-
-    def summary_ms(self) -> dict[str, dict[str, float]]:
-        out = {}
-        for stage in STAGES:
-            ring = self.rings.get(stage)
-            if ring:
-                p50, p95 = np.percentile(np.fromiter(ring, float), [50, 95]) * 1000.0
-                out[stage] = {"p50": round(float(p50), 3), "p95": round(float(p95), 3)}
-        return out
-
 
 class Aggregator:
     """Turns tracker output into ``events``, ``state`` and ``stats`` messages."""
@@ -59,6 +31,7 @@ class Aggregator:
         event_qos: int = 1,
         status_provider: Callable[[], Mapping[str, Any]] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.labels = tuple(labels)
@@ -67,7 +40,7 @@ class Aggregator:
         self.event_qos = event_qos
         self.clock = clock
         self.status_provider = status_provider  # sink counters for stats
-        self.times = StageTimes()
+        self.metrics = metrics or Metrics()  # the pipeline's own measurements (latencies, faces in view), for stats
         self.started = clock()  # uptime is wall time, whatever the frames' timeline
         # Start of the current window and stats interval on the frames' timeline; set by the first frame.
         self._window_start: float | None = None
@@ -78,7 +51,6 @@ class Aggregator:
         self._dropped_total = 0
         self._skipped_total = 0  # unusable frames the source or the pipeline passed over
         self._stats_marks = (0, 0, 0)
-        self.faces_now = 0
 
     def _reset_window(self) -> None:
         n = len(self.labels)
@@ -100,10 +72,8 @@ class Aggregator:
         self._skipped_total = skipped
         self._processed_total += 1
         self._w_frames += 1
-        self.faces_now = 0
         for t in tracks:
             if t.missed == 0:  # a track kept alive through missed detections is not a face in view
-                self.faces_now += 1
                 self._w_face_frames += 1
                 self._w_emotion_counts[t.emotion] += 1
                 self._w_score_sum += t.scores
@@ -130,7 +100,6 @@ class Aggregator:
         """Shutdown: the ended tracks, then the partial window and last stats, so nothing is lost."""
         now = last.timestamp if last is not None else self.clock()
         out = [self.event_message(e, last) for e in final_events]
-        self.faces_now = 0
         out.append(self.state_message(now))
         out.append(self.stats_message(now))
         return out
@@ -153,7 +122,7 @@ class Aggregator:
         shares = counts / total if total else np.zeros(len(self.labels))
         means = self._w_score_sum / self._w_face_frames if self._w_face_frames else np.zeros(len(self.labels))
         body = {
-            "faces": self.faces_now,
+            "faces": self.metrics.faces_now,
             "dominant": self.labels[int(np.argmax(counts))] if total else None,
             "shares": {k: round(float(v), 4) for k, v in zip(self.labels, shares)},
             "mean_scores": {k: round(float(v), 4) for k, v in zip(self.labels, means)},
@@ -178,8 +147,8 @@ class Aggregator:
                 "in": self._frames_in_total, "processed": self._processed_total, "dropped": self._dropped_total,
                 "skipped": self._skipped_total,
             },
-            "latency_ms": self.times.summary_ms(),
-            "faces": self.faces_now,
+            "latency_ms": self.metrics.latency_ms(),
+            "faces": self.metrics.faces_now,
             "uptime_s": round(self.clock() - self.started, 1),
             **self.info,
         }

@@ -78,7 +78,7 @@ def measure(settings: EdgeSettings, frames: int) -> dict[str, Any]:
             frame = source.read(timeout=5.0)
             if frame is not None:
                 pipe.process(frame)
-        pipe.aggregator.times.rings.clear()
+        pipe.metrics.reset()
         det_before, found_before, done_before = pipe.detections, pipe.detections_with_faces, pipe.processed
         t_start = time.perf_counter()
         while pipe.processed - done_before < frames:
@@ -95,7 +95,7 @@ def measure(settings: EdgeSettings, frames: int) -> dict[str, Any]:
     finally:
         source.close()
     n = pipe.processed - done_before
-    lat = pipe.aggregator.times.summary_ms()
+    lat = pipe.metrics.latency_ms()
     lat.pop("capture", None)  # queueing delay; meaningless when frames are pulled as fast as processed
     rt = np.array(read_times) * 1000.0
     lat["read"] = {"p50": round(float(np.percentile(rt, 50)), 3), "p95": round(float(np.percentile(rt, 95)), 3)}

@@ -12,7 +12,8 @@ from typing import Any
 from edge.aggregate import Aggregator
 from edge.bundle import ModelBundle, load_bundle
 from edge.messages import Envelope
-from edge.pipeline import Pipeline
+from edge.metrics import Metrics
+from edge.pipeline import Pipeline, sinks_status
 from edge.preprocess import CropGeometry
 from edge.protocols import CameraUnavailable, Classifier, EventSink, FaceDetector, FrameSource, SourceError
 from edge.settings import EdgeSettings
@@ -75,13 +76,14 @@ def build(settings: EdgeSettings, sinks: list[EventSink] | None = None, source: 
         "source": source.name,
         "model": {"name": bundle.name, "version": bundle.version},
     }
-    aggregator = Aggregator(settings.events, bundle.labels, envelope, info, event_qos=settings.mqtt.qos)
+    metrics = Metrics()
+    aggregator = Aggregator(settings.events, bundle.labels, envelope, info, event_qos=settings.mqtt.qos,
+                            status_provider=lambda: sinks_status(sinks), metrics=metrics)
     tracker = Tracker(settings.tracker, bundle.labels)
     pipeline = Pipeline(
         source, detector, classifier, tracker, aggregator, sinks,
-        detect_every=settings.detector.every_n_frames, geometry=models.geometry,
+        detect_every=settings.detector.every_n_frames, geometry=models.geometry, metrics=metrics,
     )
-    aggregator.status_provider = pipeline.sink_status
     if len(sinks) == 1:
         # `deepfer-edge --stdout | head`: with nobody left to read, there is nothing left to do.
         sinks[0].on_closed = pipeline.stop

@@ -43,6 +43,7 @@ def rig():
 def step(clock, agg, tr, t, boxes, s, frames_in):
     clock.t = t
     ev = tr.update(boxes, s if len(boxes) else np.empty((0, 7)), t)
+    agg.metrics.faces_now = len(tr.carried())  # the pipeline's count of faces in view, which stats and state report
     return agg.on_frame(live_frame(t, frames_in - 1), tr.tracks, ev, 0)
 
 
