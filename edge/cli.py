@@ -178,14 +178,9 @@ def settings_reference() -> str:
 
 def version_text() -> str:
     """The package version and the shipped model's, without importing OpenCV or a TFLite runtime."""
-    from importlib import metadata
-
+    from edge import __version__ as package
     from edge.bundle import BundleError, load_bundle
 
-    try:
-        package = metadata.version("deepfer")
-    except metadata.PackageNotFoundError:
-        package = "unknown (not installed)"
     try:
         bundle = load_bundle()
         model = f"{bundle.name} v{bundle.version}"

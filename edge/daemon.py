@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge import __version__
 from edge.aggregate import Aggregator
 from edge.bundle import ModelBundle, load_bundle
 from edge.messages import Envelope
@@ -74,6 +75,7 @@ def build(settings: EdgeSettings, sinks: list[EventSink] | None = None, source: 
         "runtime": classifier.runtime,
         "detector": detector.name,
         "source": source.name,
+        "version": __version__,
         "model": {"name": bundle.name, "version": bundle.version},
     }
     metrics = Metrics()

@@ -24,9 +24,9 @@ Value templates read these payloads (see ``edge.messages`` for the envelope)::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from importlib import metadata
 from typing import Any
 
+from edge import __version__
 from edge.labels import EMOTIONS
 from edge.settings import MqttSettings
 from edge.sinks.wire import AVAILABILITY, OFFLINE, ONLINE, device_topic
@@ -36,10 +36,7 @@ MANUFACTURER = "DeepFER"
 
 
 def software_version() -> str:
-    try:
-        return metadata.version("deepfer")
-    except metadata.PackageNotFoundError:
-        return "unknown"
+    return __version__
 
 
 def object_ids(labels: Sequence[str] = EMOTIONS) -> list[str]:

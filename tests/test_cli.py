@@ -15,6 +15,8 @@ import cv2
 import numpy as np
 import pytest
 
+import edge
+
 from edge.cli import main
 from edge.settings import EdgeSettings, load_settings
 
@@ -53,7 +55,7 @@ def test_version_names_the_package_and_the_shipped_model_without_heavy_imports()
     meta = json.loads(SHIPPED_JSON.read_text())
     from importlib import metadata
 
-    assert r.stdout.splitlines() == [f"deepfer-edge {metadata.version('deepfer')}", f"model {meta['name']} v{meta['version']}"]
+    assert r.stdout.splitlines() == [f"deepfer-edge {edge.__version__}", f"model {meta['name']} v{meta['version']}"]
 
 
 def test_model_may_name_the_folder_holding_a_bundle(tmp_path, capsys):
@@ -151,3 +153,13 @@ def test_license_is_an_spdx_expression_for_a_setuptools_that_reads_it():
     assert isinstance(license, str) and canonicalize_license_expression(license) == license  # not the deprecated table
     setuptools = next(Requirement(r) for r in project["build-system"]["requires"] if r.startswith("setuptools"))
     assert not setuptools.specifier.contains("76.9") and setuptools.specifier.contains("77.0")  # PEP 639 support
+
+
+def test_the_package_has_one_version_source() -> None:
+    import tomllib
+    from importlib import metadata
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "edge.__version__"}
+    assert metadata.version("deepfer") == edge.__version__  # what pip installed says the same
