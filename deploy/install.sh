@@ -388,7 +388,8 @@ write_constraints() {
 
 build_wheel() {
     # Whatever the source, a wheel is what gets installed: the same artefact as a
-    # wheel copied from elsewhere, and no build tree left in the checkout.
+    # wheel built elsewhere and copied over (setuptools' build/ and *.egg-info
+    # stay in the checkout; both are in .gitignore).
     local dir=$OPT_DIR/wheel
     say "building a wheel from the checkout $PKG_SPEC"
     run rm -rf "$dir"

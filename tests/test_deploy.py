@@ -655,3 +655,49 @@ def test_mosquitto_example_config_starts_and_enforces_tls_and_passwords(tls_brok
     assert mqtt_connect(port, d / "ca.crt", "deepfer", "s3cret") == "Success"
     assert mqtt_connect(port, d / "ca.crt", "deepfer", "wrong") != "Success"
     assert mqtt_connect(port, d / "ca.crt", None, None) != "Success"  # allow_anonymous false
+
+
+# --- documentation that must stay true ---------------------------------------------
+
+
+README = REPO / "README.md"
+CARD = REPO / "edge" / "models" / "deepfer_fernet_int8.md"
+
+
+def test_readme_installs_from_the_checkout_or_a_wheel_not_from_pypi() -> None:
+    text = README.read_text() + (REPO / "deploy" / "README.md").read_text()
+    # The first and second commands of the README, verbatim.
+    assert "python3 -m venv .venv && .venv/bin/pip install . && .venv/bin/deepfer-edge --camera demo --stdout" in text
+    assert "sudo apt-get install -y mosquitto shellcheck systemd && ./tools/test.sh" in text
+    # deepfer is not on PyPI: nothing may tell a reader to fetch it from there.
+    assert not re.search(r"pip install [\"']?deepfer\b", text), re.search(r"pip install [\"']?deepfer\b.*", text)
+    assert "install.sh pypi" not in text
+    assert "pip wheel --no-deps -w dist ." in text and "python3 -m build" in text
+
+
+def test_every_extra_named_in_the_docs_installs_something() -> None:
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert all(extras.values()), [k for k, v in extras.items() if not v]
+    named = set(re.findall(r"\.\[(\w+)", README.read_text() + (REPO / "tools" / "test.sh").read_text()))
+    assert named and named <= set(extras), named - set(extras)
+
+
+def test_targets_are_trixie_first_then_bookworm() -> None:
+    for doc in (README, REPO / "deploy" / "README.md"):
+        text = doc.read_text()
+        assert "Trixie" in text and "Bookworm" in text, doc
+        assert text.index("Trixie") < text.index("Bookworm"), f"{doc.name} names Bookworm before Trixie"
+        assert "32-bit" in text and "not supported" in text, doc
+
+
+def test_responsible_use_is_in_the_readme_and_every_model_card() -> None:
+    from train.report import model_card
+
+    metrics = {"n": 10, "accuracy": 0.5, "top2_accuracy": 0.7, "macro": {"f1": 0.4}, "weighted": {"f1": 0.45},
+               "ece": 0.05, "per_class": {"happy": {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 10}}}
+    generated = model_card("x", {"int8": metrics})
+    for name, text in (("README", README.read_text()), ("shipped card", CARD.read_text()), ("generated card", generated)):
+        assert "## Responsible use" in text, name
+        assert "visible facial expression" in text and "not" in text.split("visible facial expression", 1)[1][:200], name
+        assert "2 February 2025" in text and "EU AI Act" in text, name
+        assert "workplace" in text and "education" in text and "not support" in text, name

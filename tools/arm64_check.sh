@@ -226,8 +226,10 @@ EOF
 }
 
 compare() {
-    # Events in order: (topic type, emotion / from→to, confidence, dominant). Times
-    # and durations differ between machines by nature; nothing else may.
+    # Events in order: type, track, emotion (from→to, or the dominant one at the
+    # end), confidence, and a track's per-emotion shares and frame count at its
+    # end (the shares follow every frame's top class). Times and durations differ
+    # between machines by nature; nothing else may.
     "$HOST_PYTHON" - "$@" <<'EOF'
 import json
 import sys
@@ -239,7 +241,8 @@ def events(path):
         if msg["topic"] != "events":
             continue
         p = msg["payload"]
-        out.append((p["type"], p.get("track_id"), p.get("emotion") or p.get("to") or p.get("dominant"), p.get("from"), p.get("confidence")))
+        out.append((p["type"], p.get("track_id"), p.get("emotion") or p.get("to") or p.get("dominant"), p.get("from"),
+                    p.get("confidence"), json.dumps(p.get("shares"), sort_keys=True), p.get("frames")))
     return out
 
 host, *guests = sys.argv[1:]
