@@ -140,9 +140,11 @@ host_reference() {
     "$HOST_PYTHON" -m venv "$WORKDIR/host-venv"
     "$WORKDIR/host-venv/bin/python" -m pip install -q --disable-pip-version-check "$dist"/deepfer-*.whl
     mkdir -p "$out"
-    # The clip is the demo written as Motion-JPEG: a real video file through
-    # OpenCV's FFmpeg, decoded the same way on both sides.
-    "$WORKDIR/host-venv/bin/python" - "$dist/clip.avi" <<'EOF'
+    # The clip is the demo written as a real video file, decoded by OpenCV's
+    # FFmpeg. Lossless FFV1, because a lossy codec is not decoded bit for bit alike:
+    # the same OpenCV 4.14 wheel decodes a Motion-JPEG frame up to 2 grey levels
+    # differently on aarch64 and x86-64, enough to move a face box by 3 px.
+    "$WORKDIR/host-venv/bin/python" - "$dist/clip.mkv" <<'EOF'
 import sys
 
 import cv2
@@ -150,12 +152,12 @@ import cv2
 from edge.demo import DemoClip
 
 clip = DemoClip(120, 640, 480)
-writer = cv2.VideoWriter(sys.argv[1], cv2.VideoWriter_fourcc(*"MJPG"), 15.0, (640, 480))
+writer = cv2.VideoWriter(sys.argv[1], cv2.VideoWriter_fourcc(*"FFV1"), 15.0, (640, 480))
 for i in range(clip.frames):
     writer.write(clip.frame(i))
 writer.release()
 EOF
-    run_demos "$WORKDIR/host-venv/bin/deepfer-edge" "$dist/clip.avi" "$out" >"$out/log.txt" 2>&1 ||
+    run_demos "$WORKDIR/host-venv/bin/deepfer-edge" "$dist/clip.mkv" "$out" >"$out/log.txt" 2>&1 ||
         die "the host's own run failed; see $out/log.txt"
 }
 
@@ -182,8 +184,15 @@ guest_run() {
     local dist=$1
     mkdir -p "$ROOTFS/root/deepfer"
     cp -r "$REPO_DIR/deploy" "$ROOTFS/root/deepfer/"
-    cp "$dist"/deepfer-*.whl "$dist/clip.avi" "$ROOTFS/root/deepfer/"
+    cp "$dist"/deepfer-*.whl "$dist/clip.mkv" "$ROOTFS/root/deepfer/"
     cp /etc/resolv.conf "$ROOTFS/etc/resolv.conf"
+    # Certificate authorities added on the host (a TLS-inspecting proxy's, say)
+    # must be trusted in the guest too, or pip cannot reach PyPI from it.
+    if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+        mkdir -p "$ROOTFS/usr/local/share/ca-certificates"
+        cp /usr/local/share/ca-certificates/*.crt "$ROOTFS/usr/local/share/ca-certificates/"
+        chroot "$ROOTFS" /usr/sbin/update-ca-certificates >/dev/null
+    fi
     write_cpuinfo "$WORKDIR/cpuinfo"
     mount_in "$ROOTFS/proc" -t proc proc
     mount_in "$ROOTFS/proc/cpuinfo" --bind "$WORKDIR/cpuinfo"
@@ -214,7 +223,7 @@ for kind in sys plain; do
     fi
     echo "guest $kind venv: installed in $((SECONDS - t0)) s: $("/opt/$kind/bin/python" -c 'import numpy, cv2, ai_edge_litert; from importlib.metadata import version as v; print("numpy", numpy.__version__, "from", numpy.__file__.split("/")[1], "| OpenCV", cv2.__version__, "| ai-edge-litert", v("ai-edge-litert"))')"
     t0=$SECONDS
-    run_demos "/opt/$kind/bin/deepfer-edge" /root/deepfer/clip.avi "/root/out-$kind"
+    run_demos "/opt/$kind/bin/deepfer-edge" /root/deepfer/clip.mkv "/root/out-$kind"
     echo "guest $kind venv: check, demo and clip ran in $((SECONDS - t0)) s; check says: $(grep -i model "/root/out-$kind/check.txt" | head -1)"
 done
 EOF
