@@ -24,6 +24,7 @@ from edge.settings import ClassifierSettings
 
 log = logging.getLogger(__name__)
 
+
 def _interpreter_module() -> tuple[Any, str]:
     """Return (module with Interpreter and load_delegate, runtime name)."""
     try:
