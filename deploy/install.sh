@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Install, upgrade or remove the DeepFER edge daemon as a systemd service.
 #
-# Target: Raspberry Pi OS Bookworm 64-bit (CSI camera through apt's picamera2)
-# and any Debian 12 with a USB camera. Safe to run again: every step checks
+# Targets: Raspberry Pi OS Trixie 64-bit (Debian 13, Python 3.13) first, Bookworm
+# 64-bit (Debian 12, Python 3.11) second, with a CSI camera through apt's picamera2;
+# and any Debian 12/13 (arm64 or x86-64) with a USB camera. 32-bit Raspberry Pi OS
+# is refused: nothing the daemon needs has a wheel there. Safe to run again: every step checks
 # what is already there, and an existing /etc/deepfer/edge.toml is never
 # overwritten. Run with --help for the options.
 set -euo pipefail
@@ -30,10 +32,20 @@ UNIT_DIR=$PREFIX/etc/systemd/system
 # The home directory is the unit's StateDirectory; it is never under $PREFIX
 # because it is a path as the daemon sees it.
 SERVICE_HOME=/var/lib/deepfer
-CORAL_KEYRING=$PREFIX/etc/apt/keyrings/coral-edgetpu.gpg
+# Google's Coral repository (coral-edgetpu-stable) stops at libedgetpu1-std 16.0,
+# built against TFLite 2.5; it is reported to segfault with TFLite newer than
+# 2.11, and the daemon's LiteRT is far newer. The community rebuilds below match
+# TFLite 2.17+; install.sh no longer adds Google's repository. This list is only
+# what older versions of this script wrote, so --uninstall can point at it.
 CORAL_LIST=$PREFIX/etc/apt/sources.list.d/coral-edgetpu.list
-CORAL_REPO="deb [signed-by=/etc/apt/keyrings/coral-edgetpu.gpg] https://packages.cloud.google.com/apt coral-edgetpu-stable main"
-CORAL_KEY_URL=https://packages.cloud.google.com/apt/doc/apt-key.gpg
+CORAL_KEYRING=$PREFIX/etc/apt/keyrings/coral-edgetpu.gpg
+# feranick/libedgetpu: the maintained rebuilds of Google's runtime, one .deb per
+# TFLite version, Debian release and architecture. The file name follows that
+# project's releases (e.g. v16.0TF2.13.1-2/libedgetpu1-std_16.0tf2.13.1-2.bookworm_arm64.deb);
+# DEEPFER_CORAL_RELEASE picks another release, --coral-deb a file or URL outright.
+CORAL_RELEASES_URL=https://github.com/feranick/libedgetpu/releases
+CORAL_RELEASE=${DEEPFER_CORAL_RELEASE:-16.0TF2.18.1-1}
+CORAL_CRASH_NOTE="Google's official libedgetpu1-std 16.0 (coral-edgetpu-stable) is known to crash with TFLite newer than 2.11, which the daemon uses"
 
 usage() {
     cat <<EOF
@@ -50,19 +62,25 @@ Installs DeepFER edge as the systemd service deepfer-edge:
   /etc/deepfer/mqtt_password   broker password (empty = none), 0640 root:deepfer
   /etc/systemd/system/deepfer-edge.service   enabled and (re)started
 
-SOURCE (where the deepfer package comes from):
-  (none)          the checkout this script belongs to ($REPO_DIR)
-  PATH            another checkout directory, or a built wheel (.whl)
-  pypi            the latest 'deepfer' from PyPI; 'deepfer==X.Y' for a version
+SOURCE (where the deepfer package comes from; deepfer is not on PyPI):
+  (none)          the checkout this script belongs to ($REPO_DIR):
+                  a wheel is built from it (pip wheel) and installed
+  DIR             another checkout directory, built into a wheel the same way
+  FILE.whl        a wheel built elsewhere (python3 -m build, or pip wheel --no-deps .)
 
 Options:
-  --with-coral    also set up a Coral Edge TPU: add Coral's apt repository
-                  (packages.cloud.google.com/apt coral-edgetpu-stable), install
-                  libedgetpu1-std (runtime + udev rules for the USB Accelerator),
-                  add deepfer to plugdev (and apex for PCIe/M.2 cards, whose
-                  gasket-dkms driver is not installed here). Then set
-                  delegate = "edgetpu" (or "auto") under [classifier] in edge.toml
-                  and replug the USB Accelerator. See deploy/README.md.
+  --with-coral    also set up a Coral Edge TPU: install a libedgetpu1-std built
+                  against TFLite 2.17+ (the community build for this Debian
+                  release from $CORAL_RELEASES_URL,
+                  release $CORAL_RELEASE; runtime + udev rules for the USB
+                  Accelerator), add deepfer to plugdev (and apex for PCIe/M.2
+                  cards, whose gasket-dkms driver is not installed here). Not
+                  Google's coral-edgetpu-stable libedgetpu1-std 16.0: it is known to
+                  crash with TFLite newer than 2.11. Then set delegate = "edgetpu"
+                  (or "auto") under [classifier] in edge.toml and replug the USB
+                  Accelerator. See deploy/README.md.
+  --coral-deb F   with --with-coral: install this libedgetpu1-std .deb (a file or
+                  an https:// URL) instead of the default community build
   --no-start      install and enable, but do not start now
   --uninstall     stop and remove the service, /opt/deepfer and the deepfer user;
                   /etc/deepfer and /var/lib/deepfer are kept
@@ -71,7 +89,9 @@ Options:
   -h, --help      show this help
 
 Environment: DEEPFER_PREFIX=DIR puts all paths under DIR; DEEPFER_PYTHON
-(default /usr/bin/python3) is the interpreter the venv is built from.
+(default /usr/bin/python3) is the interpreter the venv is built from;
+DEEPFER_ARCH overrides the detected Debian architecture (tests, image builds);
+DEEPFER_CORAL_RELEASE picks the community Coral release (default $CORAL_RELEASE).
 EOF
 }
 
@@ -147,29 +167,63 @@ apt_install() {
 resolve_source() {
     local src=${1:-}
     if [[ -z $src ]]; then
-        if [[ -f $REPO_DIR/pyproject.toml ]] && grep -q '^name = "deepfer"' "$REPO_DIR/pyproject.toml"; then
-            PKG_SPEC=$REPO_DIR
-            PKG_KIND=dir
-        else
-            PKG_SPEC=deepfer
-            PKG_KIND=pypi
+        if ! grep -qs '^name = "deepfer"' "$REPO_DIR/pyproject.toml"; then
+            die "$REPO_DIR is not a deepfer checkout; give a checkout directory or a .whl file as SOURCE"
         fi
-    elif [[ $src == pypi ]]; then
-        PKG_SPEC=deepfer
-        PKG_KIND=pypi
-    elif [[ $src == deepfer* && ! -e $src ]]; then
-        PKG_SPEC=$src
-        PKG_KIND=pypi
+        PKG_SPEC=$REPO_DIR
+        PKG_KIND=dir
+    elif [[ $src == pypi || ($src == deepfer* && ! -e $src) ]]; then
+        die "deepfer is not published on PyPI; install from a checkout (sudo $0) or a wheel (python3 -m pip wheel --no-deps -w dist . && sudo $0 dist/deepfer-*.whl)"
     elif [[ -d $src ]]; then
-        [[ -f $src/pyproject.toml ]] || die "$src has no pyproject.toml; give a deepfer checkout, a .whl file or 'pypi'"
+        [[ -f $src/pyproject.toml ]] || die "$src has no pyproject.toml; give a deepfer checkout or a .whl file"
         PKG_SPEC=$(cd "$src" && pwd)
         PKG_KIND=dir
     elif [[ -f $src && $src == *.whl ]]; then
         PKG_SPEC=$(cd "$(dirname "$src")" && pwd)/$(basename "$src")
         PKG_KIND=wheel
     else
-        die "SOURCE '$src' is neither a checkout directory, a .whl file, 'pypi' nor 'deepfer==VERSION'"
+        die "SOURCE '$src' is neither a checkout directory nor a .whl file"
     fi
+}
+
+debian_arch() {
+    if [[ -n ${DEEPFER_ARCH:-} ]]; then
+        echo "$DEEPFER_ARCH"
+    else
+        dpkg --print-architecture 2>/dev/null || uname -m
+    fi
+}
+
+os_codename() {
+    # VERSION_CODENAME is bookworm/trixie on Debian and on Raspberry Pi OS alike.
+    local release=$PREFIX/etc/os-release
+    [[ -f $release ]] || release=/etc/os-release
+    (
+        # shellcheck disable=SC1090
+        . "$release" 2>/dev/null && echo "${VERSION_CODENAME:-unknown}"
+    ) || echo unknown
+}
+
+check_platform() {
+    local arch codename
+    arch=$(debian_arch)
+    case $arch in
+        arm64 | aarch64 | amd64 | x86_64) ;;
+        armhf | armel | armv7l | armv6l | arm)
+            die "32-bit Raspberry Pi OS ($arch) is not supported: ai-edge-litert, numpy 2 and OpenCV publish no
+  wheels for it, so pip would have to compile them (hours, and LiteRT does not build there at all).
+  Install Raspberry Pi OS (64-bit), Trixie or Bookworm, on a Pi 3, 4, 5 or Zero 2 W, then run this again."
+            ;;
+        *) warn "$arch is untested and has no ai-edge-litert wheel; the supported targets are arm64 (Raspberry Pi OS 64-bit) and x86-64" ;;
+    esac
+    codename=$(os_codename)
+    case $codename in
+        trixie) say "Debian 13 trixie on $arch: the primary target" ;;
+        bookworm) say "Debian 12 bookworm on $arch: supported (Trixie is the primary target)" ;;
+        *) warn "release '$codename' is untested; the targets are Trixie (Debian 13) and Bookworm (Debian 12)" ;;
+    esac
+    CODENAME=$codename
+    ARCH=$arch
 }
 
 install_packages() {
@@ -185,26 +239,75 @@ install_packages() {
     apt_install "${pkgs[@]}"
 }
 
+coral_installed_version() {
+    dpkg-query -W -f='${db:Status-Status} ${Version}' libedgetpu1-std 2>/dev/null | sed -n 's/^installed //p'
+}
+
+# A matched runtime's version names the TFLite it was built against: 16.0tf2.18.1-1.
+coral_version_is_matched() {
+    [[ $1 =~ tf2\.([0-9]+) ]] && ((BASH_REMATCH[1] >= 17))
+}
+
+coral_default_deb() {
+    local release_lower
+    release_lower=$(printf '%s' "$CORAL_RELEASE" | tr '[:upper:]' '[:lower:]')
+    case $ARCH:$CODENAME in
+        arm64:bookworm | arm64:trixie | amd64:bookworm | amd64:trixie)
+            echo "$CORAL_RELEASES_URL/download/v$CORAL_RELEASE/libedgetpu1-std_${release_lower}.${CODENAME}_${ARCH}.deb"
+            ;;
+        *) return 1 ;;
+    esac
+}
+
+coral_not_installed() {
+    warn "the Coral runtime was NOT installed: $1.
+  $CORAL_CRASH_NOTE, so this script does not install it.
+  Get a matched one: download the libedgetpu1-std_16.0tf2.<17 or newer>*.${CODENAME}_${ARCH}.deb from
+  $CORAL_RELEASES_URL and run: sudo $0 --with-coral --coral-deb FILE.deb
+  Meanwhile classifier.delegate = \"auto\" runs on the CPU."
+    CORAL_OK=0
+}
+
 setup_coral() {
-    apt_install curl gnupg
-    if [[ ! -s $CORAL_KEYRING ]]; then
-        run install -d -m 0755 "$(dirname "$CORAL_KEYRING")"
-        run bash -c "set -o pipefail; curl -fsSL '$CORAL_KEY_URL' | gpg --dearmor --yes -o '$CORAL_KEYRING'"
+    local current deb
+    current=$(coral_installed_version || true)
+    if [[ -n $current && -z $CORAL_DEB ]] && coral_version_is_matched "$current"; then
+        say "Coral runtime present: libedgetpu1-std $current (built against TFLite 2.17+)"
     else
-        say "Coral signing key present: $CORAL_KEYRING"
+        if [[ -n $current ]] && ! coral_version_is_matched "$current"; then
+            warn "libedgetpu1-std $current is installed: $CORAL_CRASH_NOTE; replacing it with a matched build"
+        fi
+        deb=$CORAL_DEB
+        if [[ -z $deb ]] && ! deb=$(coral_default_deb); then
+            coral_not_installed "no community build is known for $CODENAME on $ARCH"
+            return
+        fi
+        if [[ $deb == https://* || $deb == http://* ]]; then
+            apt_install curl ca-certificates
+            local file=$OPT_DIR/coral/${deb##*/}
+            run install -d -m 0755 "$OPT_DIR/coral"
+            say "downloading the Coral runtime $deb"
+            if ! run curl -fsSL --retry 2 -o "$file" "$deb"; then
+                coral_not_installed "downloading $deb failed (no network, or that release has no build for $CODENAME/$ARCH)"
+                return
+            fi
+            deb=$file
+        elif [[ ! -f $deb ]]; then
+            die "--coral-deb $deb: no such file"
+        else
+            deb=$(cd "$(dirname "$deb")" && pwd)/$(basename "$deb")
+        fi
+        apt_update
+        # apt (not dpkg -i) so that the runtime's dependency libusb-1.0-0 comes along.
+        run env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends --allow-downgrades "$deb"
     fi
-    if [[ ! -f $CORAL_LIST ]] || [[ $(cat "$CORAL_LIST") != "$CORAL_REPO" ]]; then
-        run install -d -m 0755 "$(dirname "$CORAL_LIST")"
-        write_file "$CORAL_LIST" "$CORAL_REPO"
-        APT_FRESH=0
-    else
-        say "Coral apt repository present: $CORAL_LIST"
-    fi
-    apt_install libedgetpu1-std
-    # libedgetpu1-std's udev rule gives the USB Accelerator to plugdev; the
+    # The runtime's udev rule gives the USB Accelerator to plugdev; the
     # running rules only apply to devices plugged in after a reload.
     run udevadm control --reload-rules
     run udevadm trigger --subsystem-match=usb --action=add
+    if [[ -e $CORAL_LIST ]]; then
+        warn "$CORAL_LIST (Google's coral-edgetpu-stable, written by an older install.sh) would offer libedgetpu1-std 16.0 again; remove it: sudo rm $CORAL_LIST $CORAL_KEYRING && sudo apt-get update"
+    fi
 }
 
 setup_user() {
@@ -283,25 +386,33 @@ write_constraints() {
     CONSTRAINTS=$constraints
 }
 
+build_wheel() {
+    # Whatever the source, a wheel is what gets installed: the same artefact as a
+    # wheel built elsewhere and copied over (setuptools' build/ and *.egg-info
+    # stay in the checkout; both are in .gitignore).
+    local dir=$OPT_DIR/wheel
+    say "building a wheel from the checkout $PKG_SPEC"
+    run rm -rf "$dir"
+    run "${PIP[@]}" wheel --no-deps --wheel-dir "$dir" "$PKG_SPEC"
+    if [[ $DRY_RUN == 1 ]]; then
+        WHEEL=$dir/deepfer-VERSION-py3-none-any.whl
+    else
+        WHEEL=$(find "$dir" -maxdepth 1 -name 'deepfer-*.whl' -print -quit)
+        [[ -n $WHEEL ]] || die "pip wheel built no deepfer-*.whl in $dir; see the pip output above"
+    fi
+}
+
 install_package() {
-    local pip=("$VENV/bin/python" -m pip --disable-pip-version-check)
-    case $PKG_KIND in
-        dir)
-            say "installing deepfer from the checkout $PKG_SPEC"
-            # pip always rebuilds a local directory, so an upgrade needs nothing more.
-            run "${pip[@]}" install --constraint "$CONSTRAINTS" "$PKG_SPEC"
-            ;;
-        wheel)
-            say "installing deepfer from $PKG_SPEC"
-            run "${pip[@]}" install --constraint "$CONSTRAINTS" "$PKG_SPEC"
-            # pip skips a wheel whose version is already installed; a rebuilt wheel must replace it.
-            run "${pip[@]}" install --no-deps --force-reinstall "$PKG_SPEC"
-            ;;
-        pypi)
-            say "installing $PKG_SPEC from PyPI"
-            run "${pip[@]}" install --upgrade --constraint "$CONSTRAINTS" "$PKG_SPEC"
-            ;;
-    esac
+    PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+    if [[ $PKG_KIND == dir ]]; then
+        build_wheel
+    else
+        WHEEL=$PKG_SPEC
+    fi
+    say "installing deepfer from $WHEEL"
+    run "${PIP[@]}" install --constraint "$CONSTRAINTS" "$WHEEL"
+    # pip skips a wheel whose version is already installed; a rebuilt wheel must replace it.
+    run "${PIP[@]}" install --no-deps --force-reinstall "$WHEEL"
 }
 
 verify_imports() {
@@ -385,10 +496,7 @@ do_install() {
     if [[ $DRY_RUN != 1 && -z $PREFIX && ! -d /run/systemd/system ]]; then
         die "systemd is not running here (a container?); this script installs a systemd service"
     fi
-    case $(dpkg --print-architecture 2>/dev/null || uname -m) in
-        arm64 | aarch64 | amd64 | x86_64) ;;
-        *) warn "$(dpkg --print-architecture 2>/dev/null || uname -m) has no ai-edge-litert wheel; use Raspberry Pi OS 64-bit" ;;
-    esac
+    check_platform
     install_packages
     if [[ $WITH_CORAL == 1 ]]; then
         setup_coral
@@ -405,7 +513,7 @@ do_install() {
     # CREDENTIALS_DIRECTORY=/etc/deepfer hands check the same mqtt_password the unit loads.
     say "check the set-up:  sudo -u $SERVICE_USER env CREDENTIALS_DIRECTORY=/etc/deepfer $VENV/bin/deepfer-edge check --config /etc/deepfer/edge.toml"
     say "follow the log:    journalctl -u deepfer-edge -f"
-    if [[ $WITH_CORAL == 1 ]]; then
+    if [[ $WITH_CORAL == 1 && $CORAL_OK == 1 ]]; then
         say "Coral: set delegate = \"edgetpu\" (or \"auto\") under [classifier] and replug the USB Accelerator"
     fi
 }
@@ -439,7 +547,8 @@ do_uninstall() {
 
 main() {
     local action=install source=""
-    WITH_CORAL=0 NO_START=0 PURGE=0 RPI_OS=0 SYS_NUMPY="" CONSTRAINTS="" PKG_SPEC="" PKG_KIND=""
+    WITH_CORAL=0 NO_START=0 PURGE=0 RPI_OS=0 SYS_NUMPY="" CONSTRAINTS="" PKG_SPEC="" PKG_KIND="" WHEEL=""
+    CORAL_DEB="" CORAL_OK=1 CODENAME=unknown ARCH=unknown PIP=()
     while (($# > 0)); do
         case $1 in
             -h | --help)
@@ -447,6 +556,11 @@ main() {
                 exit 0
                 ;;
             --with-coral) WITH_CORAL=1 ;;
+            --coral-deb)
+                (($# >= 2)) || die "--coral-deb needs a .deb file or URL"
+                CORAL_DEB=$2
+                shift
+                ;;
             --no-start) NO_START=1 ;;
             --uninstall) action=uninstall ;;
             --purge) PURGE=1 ;;
@@ -464,6 +578,9 @@ main() {
         shift
     done
     [[ $DRY_RUN == 1 ]] && say "dry run: commands are printed, not run"
+    if [[ -n $CORAL_DEB && $WITH_CORAL != 1 ]]; then
+        die "--coral-deb only goes with --with-coral"
+    fi
     if [[ $PURGE == 1 && $action != uninstall ]]; then
         die "--purge only goes with --uninstall"
     fi

@@ -20,13 +20,14 @@ from typing import Any
 import numpy as np
 
 from edge.bundle import BundleError, ModelBundle
+from edge.edgetpu_probe import EDGETPU_LIB, AcceleratorUnavailable
+from edge.edgetpu_probe import RUNTIMES as PROBE_RUNTIMES
+from edge.edgetpu_probe import probe as probe_edgetpu
 from edge.preprocess import Box, frame_face_tensor
 from edge.protocols import MissingExtra, Registry
 from edge.settings import ClassifierSettings
 
 log = logging.getLogger(__name__)
-
-EDGETPU_LIB = "libedgetpu.so.1"
 
 
 def _interpreter_module() -> tuple[Any, str]:
@@ -53,11 +54,15 @@ def load_edgetpu_delegate(module: Any, device: str = "") -> Any:
     try:
         return module.load_delegate(EDGETPU_LIB, options)
     except (ValueError, OSError, RuntimeError) as exc:
-        raise MissingExtra(
-            f"cannot load the Edge TPU delegate ({EDGETPU_LIB}: {exc}); install the Coral runtime "
-            "(sudo apt install libedgetpu1-std from Coral's apt repository, see README) and check the "
-            "accelerator is plugged in, or set classifier.delegate = \"cpu\""
-        ) from None
+        raise MissingExtra(edgetpu_missing(f"{EDGETPU_LIB}: {exc}")) from None
+
+
+def edgetpu_missing(detail: str) -> str:
+    return (
+        f"cannot load the Edge TPU delegate ({detail}); install a Coral runtime matched to the TFLite "
+        "version (sudo deploy/install.sh --with-coral; Google's libedgetpu1-std 16.0 is known to crash with "
+        "TFLite > 2.11, see README), check the accelerator is plugged in, or set classifier.delegate = \"cpu\""
+    )
 
 
 # TFLite's C++ logger announces its default CPU delegate on every interpreter; no setting of
@@ -158,13 +163,8 @@ class TFLiteClassifier:
         cpu = (self.bundle.tflite, [], "cpu")
         if settings.delegate == "cpu":
             return cpu
-        try:
-            delegate = load_edgetpu_delegate(module, settings.edgetpu_device)
-        except MissingExtra as exc:
-            if settings.delegate == "edgetpu":
-                raise
-            log.warning("classifier.delegate = auto: no Edge TPU (%s); running on the CPU", str(exc).split(";")[0])
-            return cpu
+        # The compiled model is checked first: without it the Edge TPU is never
+        # used, so its runtime (which may crash on load) is not touched at all.
         compiled = self.bundle.edgetpu_tflite
         if not compiled.is_file():
             msg = (
@@ -173,9 +173,28 @@ class TFLiteClassifier:
             )
             if settings.delegate == "edgetpu":
                 raise BundleError(msg + "; or set classifier.delegate = \"cpu\"")
-            log.warning("%s; running on the CPU", msg)
+            log.warning("classifier.delegate = auto: no Edge TPU model (%s); running on the CPU", msg)
+            return cpu
+        try:
+            self._probe_edgetpu(compiled, settings)
+            delegate = load_edgetpu_delegate(module, settings.edgetpu_device)
+        except (MissingExtra, AcceleratorUnavailable) as exc:
+            if settings.delegate == "edgetpu":
+                raise
+            log.warning("classifier.delegate = auto: no Edge TPU (%s); running on the CPU", exc)
             return cpu
         return compiled, [delegate], "edgetpu"
+
+    def _probe_edgetpu(self, compiled: Path, settings: ClassifierSettings) -> None:
+        """Run the delegate in a child first (edge.edgetpu_probe): a runtime that segfaults or hangs must not take the daemon with it."""
+        if self.runtime not in PROBE_RUNTIMES:
+            return  # an injected module (tests) lives only in this process; a child cannot import it
+        result = probe_edgetpu(compiled, settings.edgetpu_device, self.runtime)
+        if result.crashed:
+            raise AcceleratorUnavailable(result.message)
+        if not result.ok:
+            raise MissingExtra(edgetpu_missing(result.message))
+        log.info("%s", result.message)
 
     def quantize(self, faces: np.ndarray) -> np.ndarray:
         """uint8 pixels → the model's input dtype, using the model's own scale and zero point."""

@@ -231,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from edge.protocols import CameraUnavailable, MissingExtra, SourceError
     from edge.bundle import BundleError
+    from edge.edgetpu_probe import AcceleratorUnavailable
 
     try:
         if args.command == "watch":
@@ -255,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                 return bench_accuracy(settings, args.faces, limit=args.limit, as_json=args.json)
             return bench(settings, frames=args.frames, as_json=args.json)
         return run(settings, max_frames=args.max_frames)
-    except CameraUnavailable as exc:
+    except (CameraUnavailable, AcceleratorUnavailable) as exc:
         log.error("%s", exc)
         return EX_UNAVAILABLE
     except (ConfigError, BundleError, MissingExtra, SourceError) as exc:

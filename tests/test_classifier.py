@@ -163,9 +163,19 @@ def test_edgetpu_uses_the_compiled_model_and_the_device_option(models, tmp_path)
     assert rt.model_paths == [str(folder / "u8_edgetpu.tflite")]
 
 
-def test_edgetpu_missing_runtime_names_the_package(models):
-    with pytest.raises(MissingExtra, match="libedgetpu1-std"):
-        TFLiteClassifier(load_bundle(models["uint8"]), ClassifierSettings(delegate="edgetpu"), FakeEdgeTpuRuntime(False), "fake")
+@pytest.fixture
+def compiled(models, tmp_path):
+    """The uint8 bundle with a compiled twin u8_edgetpu.tflite beside it (the same graph)."""
+    folder = tmp_path / "tpu"
+    shutil.copytree(models["folder"], folder)
+    shutil.copy(folder / "u8.tflite", folder / "u8_edgetpu.tflite")
+    return folder / "u8.tflite"
+
+
+def test_edgetpu_missing_runtime_names_the_package_and_the_fix(compiled):
+    with pytest.raises(MissingExtra, match="libedgetpu1-std 16.0 is known to crash") as err:
+        TFLiteClassifier(load_bundle(compiled), ClassifierSettings(delegate="edgetpu"), FakeEdgeTpuRuntime(False), "fake")
+    assert "install.sh --with-coral" in str(err.value)
 
 
 def test_edgetpu_without_compiled_model_is_refused(models):
@@ -173,8 +183,17 @@ def test_edgetpu_without_compiled_model_is_refused(models):
         TFLiteClassifier(load_bundle(models["uint8"]), ClassifierSettings(delegate="edgetpu"), FakeEdgeTpuRuntime(True), "fake")
 
 
-def test_auto_falls_back_to_cpu_with_a_warning(models, caplog):
+def test_auto_falls_back_to_cpu_with_a_warning(compiled, caplog):
     with caplog.at_level(logging.WARNING):
-        clf = TFLiteClassifier(load_bundle(models["uint8"]), ClassifierSettings(delegate="auto"), FakeEdgeTpuRuntime(False), "fake")
+        clf = TFLiteClassifier(load_bundle(compiled), ClassifierSettings(delegate="auto"), FakeEdgeTpuRuntime(False), "fake")
     assert clf.backend == "cpu"
-    assert "no Edge TPU" in caplog.text
+    assert "no Edge TPU (cannot load the Edge TPU delegate" in caplog.text
+
+
+def test_auto_without_compiled_model_does_not_load_the_runtime(models, caplog):
+    # A runtime that crashes on load must not be touched when there is nothing to run on it.
+    rt = FakeEdgeTpuRuntime(True)
+    with caplog.at_level(logging.WARNING):
+        clf = TFLiteClassifier(load_bundle(models["uint8"]), ClassifierSettings(delegate="auto"), rt, "fake")
+    assert clf.backend == "cpu" and rt.loaded == []
+    assert "u8_edgetpu.tflite is missing" in caplog.text

@@ -27,6 +27,7 @@ from edge.settings import EdgeSettings, load_settings
 REPO = Path(__file__).resolve().parents[1]
 UNIT = REPO / "systemd" / "deepfer-edge.service"
 INSTALL = REPO / "deploy" / "install.sh"
+ARM64_CHECK = REPO / "tools" / "arm64_check.sh"
 EXAMPLE_TOML = REPO / "deploy" / "edge.example.toml"
 MOSQUITTO_CONF = REPO / "deploy" / "mosquitto.example.conf"
 MAX_EXPOSURE = 2.5
@@ -149,8 +150,8 @@ def test_unit_agrees_with_install_script_and_daemon() -> None:
 
 
 def test_every_deploy_script_parses_and_passes_shellcheck() -> None:
-    scripts = sorted((REPO / "deploy").glob("*.sh"))
-    assert INSTALL in scripts
+    scripts = sorted([*(REPO / "deploy").glob("*.sh"), *(REPO / "tools").glob("*.sh")])
+    assert INSTALL in scripts and ARM64_CHECK in scripts
     for script in scripts:
         syntax = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
         assert syntax.returncode == 0, f"{script.name}: {syntax.stderr}"
@@ -175,9 +176,12 @@ def stub_python(path: Path) -> None:
     path.chmod(0o755)
 
 
-def dry_run(prefix: Path, *args: str, python: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+def dry_run(prefix: Path, *args: str, python: Path | None = None, check: bool = True,
+            arch: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPFER_")}
     env |= {"DEEPFER_PREFIX": str(prefix), "DEEPFER_DRY_RUN": "1"}
+    if arch is not None:
+        env["DEEPFER_ARCH"] = arch
     if python is not None:
         env["DEEPFER_PYTHON"] = str(python)
     result = subprocess.run(["bash", str(INSTALL), *args], capture_output=True, text=True, env=env, timeout=60)
@@ -197,8 +201,9 @@ def tree(root: Path) -> list[str]:
 def test_help_exits_zero_and_documents_the_options() -> None:
     result = subprocess.run(["bash", str(INSTALL), "--help"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
-    for word in ("--with-coral", "--uninstall", "--purge", "--dry-run", "--no-start", "coral-edgetpu-stable",
-                 "libedgetpu1-std", 'delegate = "edgetpu"', "SOURCE", "pypi"):
+    for word in ("--with-coral", "--coral-deb", "--uninstall", "--purge", "--dry-run", "--no-start",
+                 "libedgetpu1-std", "feranick/libedgetpu", "known to", 'delegate = "edgetpu"', "SOURCE",
+                 "not on PyPI", ".whl"):
         assert word in result.stdout, word
 
 
@@ -236,8 +241,12 @@ def test_fresh_dry_run_plans_a_complete_install_and_changes_nothing(tmp_path: Pa
     p = str(prefix)
     assert f"{tmp_path}/python3 -m venv --system-site-packages {p}/opt/deepfer/venv" in cmds
     pip = [c for c in cmds if " -m pip " in c]
-    assert pip == [f"{p}/opt/deepfer/venv/bin/python -m pip --disable-pip-version-check install "
-                   f"--constraint {p}/opt/deepfer/constraints.txt {REPO}"]
+    # The checkout is built into a wheel, and the wheel is what is installed.
+    venv_pip = f"{p}/opt/deepfer/venv/bin/python -m pip --disable-pip-version-check"
+    wheel = f"{p}/opt/deepfer/wheel/deepfer-VERSION-py3-none-any.whl"
+    assert pip == [f"{venv_pip} wheel --no-deps --wheel-dir {p}/opt/deepfer/wheel {REPO}",
+                   f"{venv_pip} install --constraint {p}/opt/deepfer/constraints.txt {wheel}",
+                   f"{venv_pip} install --no-deps --force-reinstall {wheel}"]
     assert f"install -m 0640 -o root -g deepfer {EXAMPLE_TOML} {p}/etc/deepfer/edge.toml" in cmds
     assert f"install -m 0640 -o root -g deepfer /dev/null {p}/etc/deepfer/mqtt_password" in cmds
     assert f"install -m 0644 {UNIT} {p}/etc/systemd/system/deepfer-edge.service" in cmds
@@ -324,15 +333,40 @@ def test_numpy_2_system_needs_no_opencv_pin(tmp_path: Path) -> None:
 
 def test_package_sources(tmp_path: Path) -> None:
     py = fake_python(tmp_path, None)
-    pypi = [c for c in commands(dry_run(tmp_path / "a", "pypi", python=py).stdout) if " -m pip " in c]
-    assert len(pypi) == 1 and pypi[0].endswith(" install --upgrade --constraint "
-                                               f"{tmp_path}/a/opt/deepfer/constraints.txt deepfer")
-    pinned = [c for c in commands(dry_run(tmp_path / "b", "deepfer==0.1.0", python=py).stdout) if " -m pip " in c]
-    assert pinned[0].endswith(" deepfer==0.1.0")
+    for gone in ("pypi", "deepfer==0.1.0"):
+        result = dry_run(tmp_path / "a", gone, python=py, check=False)
+        assert result.returncode == 1 and "not published on PyPI" in result.stderr and "pip wheel" in result.stderr
     wheel = tmp_path / "deepfer-0.1.0-py3-none-any.whl"
     wheel.write_bytes(b"")
     from_wheel = [c for c in commands(dry_run(tmp_path / "c", str(wheel), python=py).stdout) if " -m pip " in c]
     assert len(from_wheel) == 2 and from_wheel[1].endswith(f"install --no-deps --force-reinstall {wheel}")
+    other_checkout = [c for c in commands(dry_run(tmp_path / "d", str(REPO), python=py).stdout) if " -m pip " in c]
+    assert other_checkout[0].endswith(f" wheel --no-deps --wheel-dir {tmp_path}/d/opt/deepfer/wheel {REPO}")
+
+
+def os_release(prefix: Path, codename: str) -> None:
+    (prefix / "etc").mkdir(parents=True, exist_ok=True)
+    (prefix / "etc/os-release").write_text(f'PRETTY_NAME="Debian GNU/Linux"\nVERSION_CODENAME={codename}\n')
+
+
+@pytest.mark.parametrize("arch", ["armhf", "armv7l", "armv6l"])
+def test_32_bit_raspberry_pi_os_is_refused_with_the_reason(tmp_path: Path, arch: str) -> None:
+    result = dry_run(tmp_path, python=fake_python(tmp_path, None), check=False, arch=arch)
+    assert result.returncode == 1
+    assert f"32-bit Raspberry Pi OS ({arch}) is not supported" in result.stderr
+    assert "ai-edge-litert, numpy 2 and OpenCV publish no" in result.stderr and "64-bit" in result.stderr
+    assert not any(" -m venv " in c for c in commands(result.stdout))  # refused before anything is planned
+
+
+@pytest.mark.parametrize(("codename", "says"), [
+    ("trixie", "Debian 13 trixie on arm64: the primary target"),
+    ("bookworm", "Debian 12 bookworm on arm64: supported (Trixie is the primary target)"),
+    ("bullseye", "release 'bullseye' is untested"),
+])
+def test_release_is_named_trixie_first(tmp_path: Path, codename: str, says: str) -> None:
+    os_release(tmp_path, codename)
+    result = dry_run(tmp_path, python=fake_python(tmp_path, None), arch="arm64")
+    assert says in result.stdout + result.stderr
 
 
 def fake_venv_python(tmp_path: Path, numpy: str, picamera2_error: str | None) -> Path:
@@ -375,28 +409,54 @@ def test_post_install_check_explains_the_numpy_pitfall(tmp_path: Path) -> None:
     assert "imports OK: numpy 1.24.2, OpenCV, deepfer, picamera2" in fine.stdout
 
 
-def test_with_coral_adds_the_repository_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("codename", ["trixie", "bookworm"])
+def test_with_coral_installs_the_matched_community_runtime(tmp_path: Path, codename: str) -> None:
     prefix = tmp_path / "prefix"
-    out = dry_run(prefix, "--with-coral", python=fake_python(tmp_path, None)).stdout
+    os_release(prefix, codename)
+    out = dry_run(prefix, "--with-coral", python=fake_python(tmp_path, None), arch="arm64").stdout
     cmds = commands(out)
-    repo_line = "deb [signed-by=/etc/apt/keyrings/coral-edgetpu.gpg] https://packages.cloud.google.com/apt coral-edgetpu-stable main"
-    assert f"+ write {prefix}/etc/apt/sources.list.d/coral-edgetpu.list <<EOF\n{repo_line}\nEOF" in out
-    assert any("apt-key.gpg" in c and "--dearmor" in c for c in cmds)
+    deb = f"libedgetpu1-std_16.0tf2.18.1-1.{codename}_arm64.deb"
+    url = f"https://github.com/feranick/libedgetpu/releases/download/v16.0TF2.18.1-1/{deb}"
+    local = f"{prefix}/opt/deepfer/coral/{deb}"
+    assert f"curl -fsSL --retry 2 -o {local} {url}" in cmds
+    apt = [c for c in cmds if "apt-get install" in c and local in c]
+    assert len(apt) == 1  # apt, not dpkg -i: libusb comes along
+    assert max(i for i, c in enumerate(cmds) if c == "apt-get update") < cmds.index(apt[0])
+    # Google's repository and its 16.0 runtime, which crash with this TFLite, are not used.
+    assert "coral-edgetpu-stable" not in "\n".join(cmds) and not any("apt-key.gpg" in c for c in cmds)
     assert "udevadm control --reload-rules" in cmds
-    libedgetpu = [c for c in cmds if "apt-get install" in c and "libedgetpu1-std" in c]
-    if libedgetpu:  # not yet installed on this host: the fresh repository is fetched first
-        assert cmds.count("apt-get update") >= 1
-        assert max(i for i, c in enumerate(cmds) if c == "apt-get update") < cmds.index(libedgetpu[0])
     assert "Coral: set delegate" in out
 
-    # Second run: the repository and key are there and are left alone.
-    (prefix / "etc/apt/sources.list.d").mkdir(parents=True)
-    (prefix / "etc/apt/sources.list.d/coral-edgetpu.list").write_text(repo_line + "\n")
-    (prefix / "etc/apt/keyrings").mkdir(parents=True)
-    (prefix / "etc/apt/keyrings/coral-edgetpu.gpg").write_bytes(b"key")
-    out = dry_run(prefix, "--with-coral", python=fake_python(tmp_path, None)).stdout
-    assert "Coral apt repository present" in out and "Coral signing key present" in out
-    assert "coral-edgetpu.list <<EOF" not in out
+
+def test_with_coral_takes_a_given_runtime_package(tmp_path: Path) -> None:
+    deb = tmp_path / "libedgetpu1-std_16.0tf2.19.1-1.trixie_arm64.deb"
+    deb.write_bytes(b"")
+    out = dry_run(tmp_path / "p", "--with-coral", "--coral-deb", str(deb), python=fake_python(tmp_path, None)).stdout
+    cmds = commands(out)
+    assert any("apt-get install" in c and c.endswith(str(deb)) for c in cmds)
+    assert not any(c.startswith("curl ") for c in cmds)
+    alone = dry_run(tmp_path / "q", "--coral-deb", str(deb), check=False)
+    assert alone.returncode == 1 and "--coral-deb only goes with --with-coral" in alone.stderr
+
+
+def test_with_coral_without_a_known_build_says_why_and_how(tmp_path: Path) -> None:
+    prefix = tmp_path / "prefix"
+    os_release(prefix, "bullseye")
+    result = dry_run(prefix, "--with-coral", python=fake_python(tmp_path, None), arch="arm64")
+    assert "the Coral runtime was NOT installed: no community build is known for bullseye on arm64" in result.stderr
+    assert "16.0" in result.stderr and "known to crash with TFLite newer than 2.11" in result.stderr
+    assert "https://github.com/feranick/libedgetpu/releases" in result.stderr and "--coral-deb FILE.deb" in result.stderr
+    assert not any("libedgetpu" in c for c in commands(result.stdout))
+    assert "Coral: set delegate" not in result.stdout  # no promise the runtime is there
+
+
+def test_arm64_check_documents_itself_and_refuses_an_unknown_release() -> None:
+    helped = subprocess.run(["bash", str(ARM64_CHECK), "--help"], capture_output=True, text=True, timeout=30)
+    assert helped.returncode == 0
+    for word in ("bookworm", "trixie", "--system-site-packages", "Cortex-A72", "equal this host's"):
+        assert word in helped.stdout, word
+    bad = subprocess.run(["bash", str(ARM64_CHECK), "buster"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "RELEASE must be bookworm or trixie" in bad.stderr
 
 
 def test_uninstall_keeps_settings_and_state_unless_purged(tmp_path: Path) -> None:
@@ -595,3 +655,49 @@ def test_mosquitto_example_config_starts_and_enforces_tls_and_passwords(tls_brok
     assert mqtt_connect(port, d / "ca.crt", "deepfer", "s3cret") == "Success"
     assert mqtt_connect(port, d / "ca.crt", "deepfer", "wrong") != "Success"
     assert mqtt_connect(port, d / "ca.crt", None, None) != "Success"  # allow_anonymous false
+
+
+# --- documentation that must stay true ---------------------------------------------
+
+
+README = REPO / "README.md"
+CARD = REPO / "edge" / "models" / "deepfer_fernet_int8.md"
+
+
+def test_readme_installs_from_the_checkout_or_a_wheel_not_from_pypi() -> None:
+    text = README.read_text() + (REPO / "deploy" / "README.md").read_text()
+    # The first and second commands of the README, verbatim.
+    assert "python3 -m venv .venv && .venv/bin/pip install . && .venv/bin/deepfer-edge --camera demo --stdout" in text
+    assert "sudo apt-get install -y mosquitto shellcheck systemd && ./tools/test.sh" in text
+    # deepfer is not on PyPI: nothing may tell a reader to fetch it from there.
+    assert not re.search(r"pip install [\"']?deepfer\b", text), re.search(r"pip install [\"']?deepfer\b.*", text)
+    assert "install.sh pypi" not in text
+    assert "pip wheel --no-deps -w dist ." in text and "python3 -m build" in text
+
+
+def test_every_extra_named_in_the_docs_installs_something() -> None:
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert all(extras.values()), [k for k, v in extras.items() if not v]
+    named = set(re.findall(r"\.\[(\w+)", README.read_text() + (REPO / "tools" / "test.sh").read_text()))
+    assert named and named <= set(extras), named - set(extras)
+
+
+def test_targets_are_trixie_first_then_bookworm() -> None:
+    for doc in (README, REPO / "deploy" / "README.md"):
+        text = doc.read_text()
+        assert "Trixie" in text and "Bookworm" in text, doc
+        assert text.index("Trixie") < text.index("Bookworm"), f"{doc.name} names Bookworm before Trixie"
+        assert "32-bit" in text and "not supported" in text, doc
+
+
+def test_responsible_use_is_in_the_readme_and_every_model_card() -> None:
+    from train.report import model_card
+
+    metrics = {"n": 10, "accuracy": 0.5, "top2_accuracy": 0.7, "macro": {"f1": 0.4}, "weighted": {"f1": 0.45},
+               "ece": 0.05, "per_class": {"happy": {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 10}}}
+    generated = model_card("x", {"int8": metrics})
+    for name, text in (("README", README.read_text()), ("shipped card", CARD.read_text()), ("generated card", generated)):
+        assert "## Responsible use" in text, name
+        assert "visible facial expression" in text and "not" in text.split("visible facial expression", 1)[1][:200], name
+        assert "2 February 2025" in text and "EU AI Act" in text, name
+        assert "workplace" in text and "education" in text and "not support" in text, name

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the project with its test and training extras into .venv and run the whole test suite.
 # Needs: python3 (3.11+) with venv, and the Mosquitto broker binary (apt-get install mosquitto);
-# shellcheck and systemd-analyze are used when present (their tests skip, saying why, when absent).
+# the shellcheck and systemd-analyze tests run when those tools are present (they skip, saying why, when absent).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv

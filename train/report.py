@@ -13,6 +13,25 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+RESPONSIBLE_USE = """\
+- **What it measures.** A visible facial expression: how the muscles of one face look in
+  one 48x48 grayscale crop, sorted into seven labels. That is not a person's inner state.
+  People smile while sad and look neutral while afraid, and expressions differ between
+  cultures, ages and people with facial differences or paralysis. Read a "happy" score
+  as "the face looks like the faces labelled happy in FER2013", nothing more.
+- **Not for decisions about people.** Do not use it to judge, rank, screen or monitor
+  individuals: hiring, grading, credit, policing, border control, health or insurance.
+- **Prohibited uses in the EU.** Since 2 February 2025 the EU AI Act (Regulation (EU)
+  2024/1689, Article 5(1)(f)) prohibits AI systems that infer the emotions of people in
+  the workplace or in education institutions, except for medical or safety reasons.
+  DeepFER does not support such deployments: do not install it to watch employees,
+  pupils or students. Elsewhere, emotion recognition is a high-risk or regulated use in
+  many jurisdictions; check the law where the camera is.
+- **People in view.** Anyone the camera sees is being analysed. Tell them (a visible
+  notice), keep the device's no-image-leaves-the-device design, and keep only the
+  aggregate events you need.
+"""
+
 LIMITATIONS = """\
 - **Data bias.** FER2013 was scraped from web image searches: mostly posed or staged
   expressions, skewed towards young adults and light skin, few children or elderly
@@ -216,5 +235,5 @@ def model_card(
             out += [f"![confusion matrix, rows normalised]({images['confusion']})", ""]
         if "curves" in images:
             out += [f"![training curves]({images['curves']})", ""]
-    out += ["## Limitations", "", LIMITATIONS]
+    out += ["## Limitations", "", LIMITATIONS, "## Responsible use", "", RESPONSIBLE_USE]
     return "\n".join(out)
