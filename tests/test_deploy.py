@@ -668,7 +668,7 @@ def test_readme_installs_from_the_checkout_or_a_wheel_not_from_pypi() -> None:
     text = README.read_text() + (REPO / "deploy" / "README.md").read_text()
     # The first and second commands of the README, verbatim.
     assert "python3 -m venv .venv && .venv/bin/pip install . && .venv/bin/deepfer-edge --camera demo --stdout" in text
-    assert "sudo apt-get install -y mosquitto shellcheck systemd && ./tools/test.sh" in text
+    assert "\n./tools/test.sh\n" in text
     # deepfer is not on PyPI: nothing may tell a reader to fetch it from there.
     assert not re.search(r"pip install [\"']?deepfer\b", text), re.search(r"pip install [\"']?deepfer\b.*", text)
     assert "install.sh pypi" not in text
