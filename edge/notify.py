@@ -97,19 +97,6 @@ class SystemdNotifier:
         """Shutdown has begun (systemd then waits TimeoutStopSec= instead of the watchdog)."""
         self.notify("STOPPING=1", *([f"STATUS={_one_line(status)}"] if status else []))
 
-    def reloading(self) -> None:
-        """A configuration reload has begun; call ``ready()`` when it is done.
-
-        MONOTONIC_USEC is included because ``Type=notify-reload`` (systemd 253+)
-        requires it; older managers ignore it.
-        """
-        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-        self.notify("RELOADING=1", f"MONOTONIC_USEC={usec}")
-
-    def extend_timeout(self, seconds: float) -> None:
-        """Ask for more start-up/shutdown time (e.g. while a slow camera initialises)."""
-        self.notify(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}")
-
     def close(self) -> None:
         with self._lock:
             if self._sock is not None:

@@ -72,9 +72,6 @@ class Tracker:
         self.tracks: list[Track] = []
         self._next_id = 1
 
-    def boxes(self) -> list[Box]:
-        return [t.box for t in self.tracks]
-
     def update(self, boxes: Sequence[Box], scores: np.ndarray, now: float) -> list[TrackEvent]:
         """Match this frame's faces to tracks, smooth their scores, and report what changed."""
         events: list[TrackEvent] = []

@@ -114,13 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        try:
-            import tomli as tomllib  # type: ignore[no-redef]
-        except ModuleNotFoundError:
-            raise UsageError(f"--recipe {path}: reading TOML on Python 3.10 needs tomli (pip install tomli)") from None
+    import tomllib
+
     try:
         with open(path, "rb") as fh:
             return tomllib.load(fh)

@@ -377,13 +377,7 @@ def check_broker(settings: MqttSettings, timeout: float = 5.0) -> str | None:
 
 def _drop_paho_store(client: mqtt.Client) -> None:
     """Forget paho's unacknowledged QoS>0 messages (it would re-send them on reconnect)."""
-    drop = getattr(client, "drop_out_messages", None)
-    if drop is not None:
-        drop()
-        return
-    # paho-mqtt < 2.2 lacks drop_out_messages; this is what it does there.
-    with client._out_message_mutex:  # type: ignore[attr-defined]
-        client._out_messages.clear()  # type: ignore[attr-defined]
+    client.drop_out_messages()  # paho-mqtt >= 2.2, which pyproject requires
 
 
 # --- the sink ------------------------------------------------------------------------------------
