@@ -24,13 +24,14 @@ from edge.edgetpu_probe import EDGETPU_LIB, AcceleratorUnavailable
 from edge.edgetpu_probe import RUNTIMES as PROBE_RUNTIMES
 from edge.edgetpu_probe import probe as probe_edgetpu
 from edge.preprocess import Box, frame_face_tensor
+from edge.quant import QuantParams, dequantize, quantize, softmax
 from edge.protocols import MissingExtra, Registry
 from edge.settings import ClassifierSettings
 
 log = logging.getLogger(__name__)
 
 
-def _interpreter_module() -> tuple[Any, str]:
+def interpreter_module() -> tuple[Any, str]:
     """Return (module with Interpreter and load_delegate, runtime name)."""
     try:
         from ai_edge_litert import interpreter as litert  # type: ignore[import-not-found]
@@ -101,11 +102,6 @@ def without_runtime_banner() -> Iterator[None]:
             pass_on_stderr(tmp.read())
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 CLASSIFIERS: Registry["TFLiteClassifier"] = Registry("classifier")
 
 
@@ -121,7 +117,7 @@ class TFLiteClassifier:
         self.bundle = bundle
         self.labels: Sequence[str] = bundle.labels
         if module is None:
-            module, runtime = _interpreter_module()
+            module, runtime = interpreter_module()
         self.runtime = runtime
         model_path, delegates, self.backend = self._choose_backend(module, settings)
         try:
@@ -135,10 +131,9 @@ class TFLiteClassifier:
         inp = self._interp.get_input_details()[0]
         out = self._interp.get_output_details()[0]
         self._in_index, self._out_index = inp["index"], out["index"]
-        self._in_dtype = np.dtype(inp["dtype"])
-        self._in_scale, self._in_zero = inp["quantization"]
-        self._out_scale, self._out_zero = out["quantization"]
-        self._out_dtype = np.dtype(out["dtype"])
+        # The model's own quantisation of its input and output, never constants (see edge.quant).
+        self.input_quantization = QuantParams.of(inp)
+        self.output_quantization = QuantParams.of(out)
         expected = (1, bundle.input_size, bundle.input_size, bundle.channels)
         actual = tuple(int(v) for v in inp["shape"])
         if actual != expected:
@@ -152,11 +147,10 @@ class TFLiteClassifier:
         self._logits = bundle.meta.get("output", "probabilities") == "logits"
         # Seconds per face of the model itself (set tensor, invoke, read back) in the last call.
         self.last_infer_s: float | None = None
-        # Input quantisation folded into one affine map on uint8 pixels.
-        self._quant_identity = self._in_dtype == np.uint8 and self._in_scale in (0.0, 1.0) and self._in_zero == 0
+        qi = self.input_quantization
         log.info(
             "classifier %s v%s on %s (%s), input %s %s scale=%g zero=%d",
-            bundle.name, bundle.version, self.backend, runtime, expected, self._in_dtype, self._in_scale, self._in_zero,
+            bundle.name, bundle.version, self.backend, runtime, expected, qi.dtype, qi.scale, qi.zero_point,
         )
 
     def _choose_backend(self, module: Any, settings: ClassifierSettings) -> tuple[Path, list[Any], str]:
@@ -198,20 +192,11 @@ class TFLiteClassifier:
 
     def quantize(self, faces: np.ndarray) -> np.ndarray:
         """uint8 pixels → the model's input dtype, using the model's own scale and zero point."""
-        if self._quant_identity:
-            return faces
-        if self._in_dtype in (np.dtype(np.float32),):
-            return faces.astype(np.float32)
-        info = np.iinfo(self._in_dtype)
-        q = np.round(faces.astype(np.float32) / self._in_scale + self._in_zero)
-        return np.clip(q, info.min, info.max).astype(self._in_dtype)
+        return quantize(faces, self.input_quantization)
 
     def dequantize(self, raw: np.ndarray) -> np.ndarray:
-        if self._out_dtype == np.float32 or self._out_scale == 0.0:
-            out = raw.astype(np.float32)
-        else:
-            out = (raw.astype(np.float32) - self._out_zero) * self._out_scale
-        return _softmax(out) if self._logits else out
+        out = dequantize(raw, self.output_quantization)
+        return softmax(out) if self._logits else out
 
     def predict_tensors(self, faces: np.ndarray) -> np.ndarray:
         """Scores for face tensors (N, S, S, C) uint8, as prepared by :mod:`edge.preprocess`."""

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edge.bundle import BundleError, load_bundle
-from edge.classifier import TFLiteClassifier, _interpreter_module
+from edge.classifier import TFLiteClassifier, interpreter_module
 from edge.labels import EMOTIONS
 from edge.preprocess import Box
 from edge.protocols import MissingExtra
@@ -135,7 +135,7 @@ class FakeEdgeTpuRuntime:
     """The LiteRT module with a stand-in for the Coral delegate (no Edge TPU on this machine)."""
 
     def __init__(self, present: bool):
-        self.real, _ = _interpreter_module()
+        self.real, _ = interpreter_module()
         self.present = present
         self.loaded: list[tuple[str, dict]] = []
         self.model_paths: list[str] = []

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from edge.labels import EMOTIONS
+from edge.quant import softmax
 from train.data import FaceSet
 
 log = logging.getLogger(__name__)
@@ -36,11 +37,6 @@ class Predictor:
     channels: int
     name: str
     path: Path | None = None
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def outputs_probabilities(model: Any) -> bool:

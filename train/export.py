@@ -156,15 +156,6 @@ def representative_dataset(faces: np.ndarray) -> Iterator[list[np.ndarray]]:
         yield [face[None].astype(np.float32)]
 
 
-def _load_keras(path: Path):
-    import keras
-
-    try:
-        return keras.models.load_model(path, compile=False)
-    except (OSError, ValueError) as exc:
-        raise ExportError(f"{path}: cannot load the Keras model ({exc})") from None
-
-
 def prior_shift(class_counts: dict[str, int] | None, power: float) -> np.ndarray | None:
     """Logit shift that undoes class-balancing weights: ``power`` * log(training class prior).
 
@@ -282,9 +273,9 @@ FLOAT_TYPES = ("float32", "float16", "float64", "bfloat16")
 def undelegated_interpreter(tflite: Path) -> Any:
     """An allocated interpreter without the default XNNPACK delegate, which would show the graph as
     one opaque DELEGATE op and repack the constant tensors: for reading the model, not for speed."""
-    from edge.classifier import _interpreter_module
+    from edge.classifier import interpreter_module
 
-    module, _ = _interpreter_module()
+    module, _ = interpreter_module()
     resolver = getattr(getattr(module, "OpResolverType", None), "BUILTIN_WITHOUT_DEFAULT_DELEGATES", None)
     kwargs = {"experimental_op_resolver_type": resolver} if resolver is not None else {}
     interp = module.Interpreter(model_path=str(tflite), **kwargs)
@@ -408,7 +399,7 @@ def export(
     """
     from edge.classifier import TFLiteClassifier
     from edge.settings import ClassifierSettings
-    from train.evaluate import compute_metrics, faces_for, summary
+    from train.evaluate import compute_metrics, faces_for, load_keras, summary
 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or name.endswith("_edgetpu"):
         raise ExportError(f"--name {name!r}: use letters, digits, '_', '-', '.' (no path, no _edgetpu suffix)")
@@ -417,7 +408,7 @@ def export(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    keras_model = _load_keras(model_path)
+    keras_model = load_keras(model_path)
     power = float(recipe.get("class_weight_power", 0.0) or 0.0)
     shift = prior_shift((training_data or {}).get("class_counts"), power) if prior_correction else None
     if prior_correction and power and shift is None:
@@ -477,11 +468,9 @@ def export(
         # Load it exactly as the daemon does: proves the json and the model agree.
         bundle: ModelBundle = load_bundle(tflite)
         clf = TFLiteClassifier(bundle, ClassifierSettings(threads=1))
-        inp = clf._interp.get_input_details()[0]  # noqa: SLF001 - quantisation of the model as the daemon sees it
-        outp = clf._interp.get_output_details()[0]  # noqa: SLF001
-        in_scale, in_zero = inp["quantization"]
-        if int8 and (np.dtype(inp["dtype"]) != np.uint8 or abs(in_scale - 1.0) > 1e-6 or in_zero != 0):
-            log.warning("int8 input is %s scale=%g zero=%d, not raw pixels; the daemon rescales it", inp["dtype"], in_scale, in_zero)
+        qin, qout = clf.input_quantization, clf.output_quantization  # the model's quantisation as the daemon sees it
+        if int8 and not qin.is_raw_uint8:
+            log.warning("int8 input is %s scale=%g zero=%d, not raw pixels; the daemon rescales it", qin.dtype, qin.scale, qin.zero_point)
 
         metrics: dict[str, Any] = {}
         full: dict[str, dict[str, Any]] = {}
@@ -524,9 +513,9 @@ def export(
             td.setdefault("n_val", len(val))
         meta.update(
             {
-                "input_dtype": np.dtype(inp["dtype"]).name,
-                "input_quantization": {"scale": float(in_scale), "zero_point": int(in_zero)},
-                "output_dtype": np.dtype(outp["dtype"]).name,
+                "input_dtype": qin.dtype.name,
+                "input_quantization": {"scale": qin.scale, "zero_point": qin.zero_point},
+                "output_dtype": qout.dtype.name,
                 "metrics": metrics,
                 "training_data": td,
                 "calibration": {"n": 0 if calib is None else int(len(calib)), "source": td.get("source", "")},

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.quant import dequantize_per_axis
+
 log = logging.getLogger(__name__)
 
 _WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
@@ -38,14 +40,8 @@ class WarmStartError(ValueError):
 
 def _dequantize(values: np.ndarray, detail: dict) -> np.ndarray:
     q = detail["quantization_parameters"]
-    axis = int(q.get("quantized_dimension", 0))  # 3 for depthwise filters (1, kh, kw, ch)
-    scales, zeros = np.asarray(q["scales"], np.float64), np.asarray(q["zero_points"], np.float64)
-    if values.dtype == np.float32 or scales.size == 0:
-        return values.astype(np.float32)
-    shape = [1] * values.ndim
-    if scales.size > 1:
-        shape[axis] = scales.size
-    return ((values.astype(np.float64) - zeros.reshape(shape)) * scales.reshape(shape)).astype(np.float32)
+    # quantized_dimension is 3 for depthwise filters (1, kh, kw, ch), 0 for the others.
+    return dequantize_per_axis(values, q["scales"], q["zero_points"], int(q.get("quantized_dimension", 0)))
 
 
 def tflite_weights(path: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
