@@ -497,7 +497,7 @@ def test_teacher_weight_outside_0_1_is_a_usage_error(tmp_path: Path, capsys: pyt
 
 def test_negative_mixup_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["fit", "--out", str(tmp_path / "run"), "--data", "x.npz", "--mixup", "-0.2"]) == 2
-    assert "mixup -0.2: must be 0 (off) or above" in capsys.readouterr().err
+    assert "mixup -0.2: must be between 0 and 100" in capsys.readouterr().err
 
 
 def test_unknown_lr_schedule_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -883,3 +883,18 @@ def test_float_ops_are_found_in_a_float_model(tmp_path: Path) -> None:
     assert any(op.startswith("CONV_2D") for op in float_ops(path))
     with pytest.raises(ExportError, match=r"op\(s\) still compute in float \(.*CONV_2D"):
         check_integer_only(path)
+
+
+def test_a_recipe_is_checked_where_it_is_defined_also_on_load(tmp_path: Path) -> None:
+    from train.fit import Recipe, RecipeError
+
+    saved = tmp_path / "recipe.json"
+    Recipe(data="x.npz").save(saved)
+    assert Recipe.load(saved).arch == "fernet"
+    raw = json.loads(saved.read_text())
+    for change, message in (({"arch": "resnet"}, "arch 'resnet': choose one of fernet"),
+                            ({"zoom": 1.5}, "zoom 1.5: must be between 0 and 0.9"),
+                            ({"lr_schedule": "step"}, "lr_schedule 'step': choose one of cosine, constant")):
+        saved.write_text(json.dumps({**raw, **change}))
+        with pytest.raises(RecipeError, match=message):
+            Recipe.load(saved)

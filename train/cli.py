@@ -156,21 +156,14 @@ def recipe_from_args(args: argparse.Namespace):
         v = getattr(args, attr)
         if v is not None:
             values[field_name] = v
-    recipe = Recipe(**values)
+    from train.fit import RecipeError
+
+    try:
+        recipe = Recipe(**values)
+    except RecipeError as exc:
+        raise UsageError(str(exc)) from None
     if not recipe.data:
         raise UsageError("fit needs training data: --data PATH (or data = \"...\" in --recipe)")
-    if recipe.arch not in ARCHS:
-        raise UsageError(f"recipe arch {recipe.arch!r}: choose one of {', '.join(ARCHS)}")
-    from train.fit import LR_SCHEDULES
-
-    if not 0.0 <= recipe.teacher_weight <= 1.0:
-        raise UsageError(f"recipe teacher_weight {recipe.teacher_weight}: must be between 0 and 1")
-    if recipe.bn_faces < 0:
-        raise UsageError(f"recipe bn_faces {recipe.bn_faces}: must be 0 (off) or a number of training faces (e.g. 12800)")
-    if recipe.mixup < 0:
-        raise UsageError(f"recipe mixup {recipe.mixup}: must be 0 (off) or above (e.g. 0.2)")
-    if recipe.lr_schedule not in LR_SCHEDULES:
-        raise UsageError(f"recipe lr_schedule {recipe.lr_schedule!r}: choose one of {', '.join(LR_SCHEDULES)}")
     return recipe
 
 

@@ -17,14 +17,34 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
 from edge.labels import EMOTIONS
 from train.batchnorm import DEFAULT_FACES, PlainStatisticsValidation, plain_batches
 from train.data import FaceSet, load, split_off, with_teacher
+from train.report import read_history
 
 log = logging.getLogger(__name__)
+
+
+Arch = Literal["fernet", "mobilenetv2", "mobilenetv3small", "mobilenetv3large"]
+Schedule = Literal["cosine", "constant"]
+# (field, lowest, highest) a recipe may hold.
+BOUNDS = (
+    ("width", 0.05, 8.0), ("input_size", 16, 512), ("epochs", 1, 10_000), ("head_epochs", 0, 1000),
+    ("batch_size", 1, 65_536), ("lr", 1e-8, 10.0), ("fine_tune_lr", 1e-8, 10.0), ("weight_decay", 0.0, 1.0),
+    ("warmup_epochs", 0.0, 1000.0), ("label_smoothing", 0.0, 0.99), ("class_weight_power", 0.0, 2.0),
+    ("dropout", 0.0, 0.99), ("bn_momentum", 0.0, 0.9999), ("rotation_deg", 0.0, 180.0), ("zoom", 0.0, 0.9),
+    ("translate", 0.0, 0.9), ("brightness", 0.0, 1.0), ("contrast", 0.0, 1.0), ("mixup", 0.0, 100.0),
+    ("teacher_weight", 0.0, 1.0), ("limit", 0, 10**9), ("holdout", 0.0, 0.9), ("bn_faces", 0, 10**9),
+    ("swa_epochs", 0, 10_000),
+)
+
+
+class RecipeError(ValueError):
+    """A recipe setting out of its range or choices; the message names the setting."""
 
 
 @dataclass
@@ -34,7 +54,7 @@ class Recipe:
     data: str = ""
     val_data: str = ""
     val_split: str = "val"
-    arch: str = "fernet"  # fernet | mobilenetv2 | mobilenetv3small | mobilenetv3large
+    arch: Arch = "fernet"
     width: float = 1.0
     input_size: int = 48
     weights: str = "none"  # none | imagenet | PATH (backbone weights, for keras.applications archs)
@@ -42,7 +62,7 @@ class Recipe:
     head_epochs: int = 3  # stage 1 (frozen backbone) when weights are pretrained
     batch_size: int = 128
     lr: float = 2e-3
-    lr_schedule: str = "cosine"  # cosine: warmup, then cosine decay to 1% | constant: warmup, then lr throughout (for --swa-epochs)
+    lr_schedule: Schedule = "cosine"  # cosine: warmup, then cosine decay to 1% | constant: warmup, then lr throughout (for --swa-epochs)
     fine_tune_lr: float = 3e-4
     weight_decay: float = 5e-4
     warmup_epochs: float = 1.0
@@ -67,6 +87,19 @@ class Recipe:
     bn_faces: int = DEFAULT_FACES  # plain training faces BatchNorm statistics are measured on after each epoch (train.batchnorm); 0 = keep the augmented batches' moving averages
     swa_epochs: int = 0  # average the weights of the last N epochs into swa.keras (0 = off); see train.swa
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """A recipe is checked where it is defined, so a recipe.json or TOML file is held to the same rules as flags."""
+        problems = []
+        for name, allowed in (("arch", get_args(Arch)), ("lr_schedule", get_args(Schedule))):
+            if getattr(self, name) not in allowed:
+                problems.append(f"{name} {getattr(self, name)!r}: choose one of {', '.join(allowed)}")
+        for name, low, high in BOUNDS:
+            value = getattr(self, name)
+            if not low <= value <= high:
+                problems.append(f"{name} {value:g}: must be between {low:g} and {high:g}")
+        if problems:
+            raise RecipeError("recipe " + "; ".join(problems))
 
     @property
     def pretrained(self) -> bool:
@@ -266,18 +299,12 @@ def _compile(model, recipe: Recipe, lr: float, epochs: int, steps_per_epoch: int
 
 
 def _epochs_done(history: Path) -> int:
-    if not history.exists():
-        return 0
-    return max(0, len(history.read_text().strip().splitlines()) - 1)
+    """Epochs the run has finished (rows of its history; a repeated header is not an epoch)."""
+    return len(read_history(history).get("epoch", [])) if history.exists() else 0
 
 
 def _best_so_far(history: Path) -> float | None:
-    if not history.exists():
-        return None
-    import csv
-
-    with history.open() as fh:
-        values = [float(r["val_accuracy"]) for r in csv.DictReader(fh) if r.get("val_accuracy")]
+    values = [v for v in read_history(history).get("val_accuracy", []) if not math.isnan(v)] if history.exists() else []
     return max(values) if values else None
 
 
