@@ -34,7 +34,7 @@ Schedule = Literal["cosine", "constant"]
 # (field, lowest, highest) a recipe may hold.
 BOUNDS = (
     ("width", 0.05, 8.0), ("input_size", 16, 512), ("epochs", 1, 10_000), ("head_epochs", 0, 1000),
-    ("batch_size", 1, 65_536), ("lr", 1e-8, 10.0), ("fine_tune_lr", 1e-8, 10.0), ("weight_decay", 0.0, 1.0),
+    ("batch_size", 1, 65_536), ("lr", 0.0, 10.0), ("fine_tune_lr", 0.0, 10.0), ("weight_decay", 0.0, 1.0),
     ("warmup_epochs", 0.0, 1000.0), ("label_smoothing", 0.0, 0.99), ("class_weight_power", 0.0, 2.0),
     ("dropout", 0.0, 0.99), ("bn_momentum", 0.0, 0.9999), ("rotation_deg", 0.0, 180.0), ("zoom", 0.0, 0.9),
     ("translate", 0.0, 0.9), ("brightness", 0.0, 1.0), ("contrast", 0.0, 1.0), ("mixup", 0.0, 100.0),
