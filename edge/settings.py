@@ -16,11 +16,18 @@ import tomllib
 import typing
 import unicodedata
 from collections.abc import Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    TomlConfigSettingsSource,
+)
 
 ENV_PREFIX = "DEEPFER_"
 # DEEPFER_* variables that are not settings: deploy/install.sh reads these.
@@ -236,8 +243,8 @@ class EdgeSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # init carries the CLI flags and the TOML file merged (flags win); env sits between them.
-        return (init_settings, env_settings)
+        # First wins: command-line flags (init), then DEEPFER_* variables, then the --config file.
+        return (init_settings, env_settings, _ConfigFile(settings_cls, toml_file=_config_file.get()))
 
 
 class ConfigError(Exception):
@@ -245,13 +252,6 @@ class ConfigError(Exception):
 
 
 EX_CONFIG = 78
-
-
-def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in top.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -328,22 +328,15 @@ def check_environment(environ: Mapping[str, str]) -> None:
                 raise ConfigError(f"environment variable {key} must be a JSON object of [{known[upper]}] settings, e.g. '{{\"name\": value}}'")
 
 
-def _strip_env_over_toml(file_values: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
-    """Drop TOML keys that an environment variable sets, so the environment wins over the file.
+# The --config file of the load_settings call under way (settings_customise_sources takes no arguments).
+_config_file: ContextVar[Path | None] = ContextVar("deepfer_config_file", default=None)
 
-    pydantic-settings gives init values precedence over the environment; the
-    file travels with the init values, so it must give way here instead.
-    """
-    out: dict[str, Any] = {}
-    for key, value in file_values.items():
-        env_key = f"{ENV_PREFIX}{key}".upper()
-        if env_key in {k.upper() for k in environ}:
-            continue
-        if isinstance(value, dict):
-            nested = {f"{k[len(env_key) + 2:]}": v for k, v in environ.items() if k.upper().startswith(env_key + "__")}
-            value = _strip_env_over_toml(value, {f"{ENV_PREFIX}{k}": v for k, v in nested.items()})
-        out[key] = value
-    return out
+
+class _ConfigFile(TomlConfigSettingsSource):
+    """pydantic-settings' TOML source, reading through read_toml for its one-line errors."""
+
+    def _read_file(self, file_path: Path) -> dict[str, Any]:
+        return read_toml(file_path)
 
 
 def _holds_secret(annotation: Any) -> bool:
@@ -389,14 +382,16 @@ def format_validation_error(exc: ValidationError, origin: str) -> str:
 
 def load_settings(config: Path | None = None, overrides: dict[str, Any] | None = None) -> EdgeSettings:
     """Build the settings from a TOML file, the environment and CLI overrides (in rising precedence)."""
-    file_values = read_toml(config) if config else {}
-    environ = dict(os.environ)
-    check_environment(environ)
-    merged = _deep_merge(_strip_env_over_toml(file_values, environ), overrides or {})
+    if config is not None:
+        read_toml(config)  # a missing or broken file is named before any setting is judged
+    check_environment(os.environ)
     origin = ", ".join(filter(None, [str(config) if config else "", "DEEPFER_* environment", "command line"]))
+    token = _config_file.set(config)
     try:
-        return EdgeSettings(**merged)
+        return EdgeSettings(**(overrides or {}))
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, origin)) from None
     except SettingsError as exc:  # a DEEPFER_* value pydantic-settings cannot parse at all
         raise ConfigError(f"invalid settings ({origin}): {exc}") from None
+    finally:
+        _config_file.reset(token)

@@ -48,6 +48,13 @@ def test_precedence_toml_env_flags(tmp_path, monkeypatch):
     assert (s.mqtt.host, s.mqtt.enabled, s.mqtt.port, s.camera.source, s.mqtt.prefix) == ("from-flag", True, 1000, "usb:0", "file")
 
 
+def test_a_json_section_in_the_environment_merges_with_the_file_section(tmp_path, monkeypatch):
+    cfg = write(tmp_path, '[mqtt]\nhost = "from-file"\nport = 1000\n')
+    monkeypatch.setenv("DEEPFER_MQTT", '{"host": "from-json"}')
+    s = load_settings(cfg)
+    assert (s.mqtt.host, s.mqtt.port) == ("from-json", 1000)
+
+
 @pytest.mark.parametrize(
     "text, needle",
     [
