@@ -20,7 +20,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -47,7 +47,8 @@ class InputError(Exception):
 
 def inputs(paths: Sequence[Path]) -> Iterator[tuple[str, Path]]:
     """("image" | "video", path) for each path, a folder's images and videos in name order."""
-    from edge.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+    from edge.sources.folder import IMAGE_SUFFIXES
+    from edge.sources import VIDEO_SUFFIXES
 
     for path in paths:
         if path.is_dir():
@@ -86,7 +87,7 @@ class TimelineSink:
     """Collects the pipeline's events into per-track timelines (the sink analyze runs the daemon with)."""
 
     name = "timeline"
-    on_closed = None
+    on_closed: Callable[[], None] | None = None
 
     def __init__(self) -> None:
         self.tracks: dict[int, TrackLog] = {}
@@ -148,8 +149,11 @@ class Analyzer:
             raise InputError(f"{path}: cannot be decoded as an image (a damaged file, or a format OpenCV cannot read)")
         m = self.models
         boxes = [d.box for d in m.detector.detect(Frame(image=image, index=0, t_capture=time.monotonic()))]
-        scores = m.classifier.classify(to_gray(image), [crop_square(b, m.geometry) for b in boxes]) if boxes else []
-        faces = []
+        scores = (
+            m.classifier.classify(to_gray(image), [crop_square(b, m.geometry) for b in boxes])
+            if boxes else np.empty((0, len(self.labels)), np.float32)
+        )
+        faces: list[dict[str, Any]] = []
         for box, s in zip(boxes, scores):
             top = int(np.argmax(s))
             faces.append({"box": [int(v) for v in box], "emotion": self.labels[top], "confidence": round(float(s[top]), 4),
@@ -206,7 +210,7 @@ class Analyzer:
             if self.annotate is not None:
                 if writer is None:
                     target = self.annotate / f"{path.stem}.annotated.mp4"
-                    writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps or 30.0, tuple(size))
+                    writer = cv2.VideoWriter(str(target), cv2.VideoWriter.fourcc(*"mp4v"), fps or 30.0, tuple(size))
                     if not writer.isOpened():
                         raise InputError(f"--annotate: cannot write {target}")
                 writer.write(draw(frame.image, [Label(tr.box, self.labels[tr.emotion], tr.confidence) for tr in tracks]))

@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ class SerializingSink:
     """Stands in for the real sinks: pays for the JSON encoding each message costs, sends nothing."""
 
     name = "bench"
-    on_closed = None
+    on_closed: Callable[[], None] | None = None
 
     def __init__(self) -> None:
         self.messages = 0

@@ -34,13 +34,13 @@ log = logging.getLogger(__name__)
 def interpreter_module() -> tuple[Any, str]:
     """Return (module with Interpreter and load_delegate, runtime name)."""
     try:
-        from ai_edge_litert import interpreter as litert  # type: ignore[import-not-found]
+        from ai_edge_litert import interpreter as litert
 
         return litert, "ai-edge-litert"
     except ImportError:
         pass
     try:
-        from tflite_runtime import interpreter as tflite  # type: ignore[import-not-found]
+        from tflite_runtime import interpreter as tflite
 
         return tflite, "tflite-runtime"
     except ImportError:
@@ -154,7 +154,7 @@ class TFLiteClassifier:
         )
 
     def _choose_backend(self, module: Any, settings: ClassifierSettings) -> tuple[Path, list[Any], str]:
-        cpu = (self.bundle.tflite, [], "cpu")
+        cpu: tuple[Path, list[Any], str] = (self.bundle.tflite, [], "cpu")
         if settings.delegate == "cpu":
             return cpu
         # The compiled model is checked first: without it the Edge TPU is never

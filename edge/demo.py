@@ -48,7 +48,8 @@ def _background(width: int, height: int) -> np.ndarray:
     xs = np.linspace(0.0, 1.0, width, dtype=np.float32)[None, :]
     light = 0.65 * (1.0 - ys) + 0.35 * (1.0 - xs)
     bgr = np.stack([110 + 90 * light, 100 + 80 * light, 85 + 70 * light], axis=2)
-    return np.clip(bgr, 0, 255).astype(np.uint8)
+    out: np.ndarray = np.clip(bgr, 0, 255).astype(np.uint8)
+    return out
 
 
 def _feather_mask(face: np.ndarray) -> np.ndarray:

@@ -124,6 +124,10 @@ class Classifier(Protocol):
         (:func:`edge.preprocess.crop_square` of each detector box)."""
         ...
 
+    def predict_tensors(self, faces: np.ndarray) -> np.ndarray:
+        """Scores for face tensors (N, S, S, C) uint8 already cut and sized (the benchmark's plain crops)."""
+        ...
+
 
 @dataclass
 class Message:

@@ -57,9 +57,11 @@ def dequantize_per_axis(values: np.ndarray, scales: np.ndarray, zero_points: np.
     shape = [1] * values.ndim
     if scales.size > 1:
         shape[axis] = scales.size
-    return ((values.astype(np.float64) - zeros.reshape(shape)) * scales.reshape(shape)).astype(np.float32)
+    out: np.ndarray = ((values.astype(np.float64) - zeros.reshape(shape)) * scales.reshape(shape)).astype(np.float32)
+    return out
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+    out: np.ndarray = e / e.sum(axis=-1, keepdims=True)
+    return out

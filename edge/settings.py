@@ -17,6 +17,7 @@ import typing
 import unicodedata
 from collections.abc import Mapping
 from contextvars import ContextVar
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -318,7 +319,7 @@ def check_environment(environ: Mapping[str, str]) -> None:
         if upper in sections:
             try:
                 value = json.loads(environ[key])
-            except ValueError as exc:
+            except json.JSONDecodeError as exc:
                 raise ConfigError(
                     f"environment variable {key} is not valid JSON ({exc.msg} at character {exc.pos}); "
                     f"set the whole section as a JSON object, e.g. {key}='{{\"name\": value}}', "
@@ -335,8 +336,8 @@ _config_file: ContextVar[Path | None] = ContextVar("deepfer_config_file", defaul
 class _ConfigFile(TomlConfigSettingsSource):
     """pydantic-settings' TOML source, reading through read_toml for its one-line errors."""
 
-    def _read_file(self, file_path: Path) -> dict[str, Any]:
-        return read_toml(file_path)
+    def _read_file(self, file_path: Path | Traversable) -> dict[str, Any]:
+        return read_toml(Path(str(file_path)))
 
 
 def _holds_secret(annotation: Any) -> bool:
@@ -345,7 +346,7 @@ def _holds_secret(annotation: Any) -> bool:
 
 def secret_paths() -> frozenset[tuple[str, ...]]:
     """Setting paths whose values are secrets (SecretStr): never shown, not even when mistyped."""
-    paths = {(name,) for name, f in EdgeSettings.model_fields.items() if _holds_secret(f.annotation)}
+    paths: set[tuple[str, ...]] = {(name,) for name, f in EdgeSettings.model_fields.items() if _holds_secret(f.annotation)}
     for section, model in _sections().items():
         paths |= {(section, sub) for sub, f in model.model_fields.items() if _holds_secret(f.annotation)}
     return frozenset(paths)

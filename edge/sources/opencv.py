@@ -69,7 +69,7 @@ def open_v4l2(device: int | str, width: int, height: int, fps: float) -> CvCamer
         cap.release()
         raise SourceError(f"{label} cannot be opened; {V4L2_HINT}")
     # MJPG first: most USB cameras deliver full rate at 640x480 and above only compressed.
-    if not cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*"MJPG")):
+    if not cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter.fourcc(*"MJPG")):
         log.debug("%s: MJPG not offered; keeping the driver's default format", label)
     cap.set(cv2.CAP_PROP_FRAME_WIDTH, width)
     cap.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
