@@ -50,6 +50,7 @@ class Aggregator:
         self._processed_total = 0
         self._dropped_total = 0
         self._skipped_total = 0  # unusable frames the source or the pipeline passed over
+        self._reopens_total = 0  # a live camera lost and opened again
         self._stats_marks = (0, 0, 0)
 
     def _reset_window(self) -> None:
@@ -62,7 +63,8 @@ class Aggregator:
     # -- per frame ---------------------------------------------------------------
 
     def on_frame(
-        self, frame: Frame, tracks: Sequence[Track], events: Iterable[TrackEvent], dropped: int, skipped: int = 0
+        self, frame: Frame, tracks: Sequence[Track], events: Iterable[TrackEvent], dropped: int, skipped: int = 0,
+        reopens: int = 0,
     ) -> list[Message]:
         """Account for one processed frame; returns the messages due now."""
         if self._window_start is None or self._stats_start is None:
@@ -70,6 +72,7 @@ class Aggregator:
         self._frames_in_total = frame.index + 1
         self._dropped_total = dropped
         self._skipped_total = skipped
+        self._reopens_total = reopens
         self._processed_total += 1
         self._w_frames += 1
         for t in tracks:
@@ -145,7 +148,7 @@ class Aggregator:
             },
             "frames": {
                 "in": self._frames_in_total, "processed": self._processed_total, "dropped": self._dropped_total,
-                "skipped": self._skipped_total,
+                "skipped": self._skipped_total, "reopens": self._reopens_total,
             },
             "latency_ms": self.metrics.latency_ms(),
             "faces": self.metrics.faces_now,

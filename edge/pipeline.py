@@ -126,7 +126,8 @@ class Pipeline:
                 events = self.tracker.update(boxes, scores, now) if detect else self.tracker.carry(carried, scores, now)
                 self.processed += 1
                 messages = self.aggregator.on_frame(
-                    frame, self.tracker.tracks, events, self.source.dropped, self.source.skipped + self.skipped
+                    frame, self.tracker.tracks, events, self.source.dropped, self.source.skipped + self.skipped,
+                    self.source.reopens,
                 )
                 m.faces_now = len(self.tracker.carried())
                 self.publish(messages)

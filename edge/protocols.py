@@ -82,6 +82,11 @@ class FrameSource(Protocol):
         ...
 
     @property
+    def reopens(self) -> int:
+        """Times a live camera vanished and was opened again (0 for recordings): stats frames.reopens."""
+        ...
+
+    @property
     def stalled_for(self) -> float:
         """Seconds the current read has been blocked inside a driver (0 when none is): a wedged camera."""
         ...

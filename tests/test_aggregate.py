@@ -147,3 +147,14 @@ def test_events_of_a_photo_name_its_file(rig):
     ev = tr.update([Box(0, 0, 40, 40)], scores(HAPPY), 5.0)
     (msg,) = agg.on_frame(live_frame(5.0, 0, file="party.jpg"), tr.tracks, ev, 0)
     assert msg.payload["file"] == "party.jpg" and "media_time_s" not in msg.payload
+
+
+def test_stats_count_what_the_source_lost(rig):
+    clock, agg, tr = rig
+    out = []
+    for k in range(11):
+        clock.t = float(k)
+        # By frame 11 the camera has dropped 4 frames, passed over 2 damaged ones and been reopened once.
+        out += agg.on_frame(live_frame(float(k), k), tr.tracks, [], dropped=4, skipped=2, reopens=1)
+    (stats,) = [m.payload for m in out if m.topic == "stats"]
+    assert stats["frames"] == {"in": 11, "processed": 11, "dropped": 4, "skipped": 2, "reopens": 1}

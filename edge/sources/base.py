@@ -176,6 +176,11 @@ class FiniteSource:
         """Frames (or files) that could not be used and were passed over."""
         return self._skipped
 
+    @property
+    def reopens(self) -> int:
+        """A recording is opened once; looping it is not losing it."""
+        return 0
+
     def close(self) -> None:
         if self._frames is not None:
             self._frames = None

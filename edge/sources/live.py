@@ -130,12 +130,6 @@ class LiveCapture:
             # A driver blocked inside read(); the daemon thread releases the device once it returns.
             log.warning("%s: capture thread did not stop within %.1f s; leaving it to finish on its own", self.name, timeout)
 
-    # Extra counters for stats and ``check`` -----------------------------------------
-    @property
-    def grabbed(self) -> int:
-        """Raw frames read from the device (dropped and skipped ones included)."""
-        return self._grabbed
-
     @property
     def skipped(self) -> int:
         """Frames the device delivered in a form that could not be used (empty, odd shape)."""

@@ -26,6 +26,7 @@ class ClipSource:
     name = "clip"
     live = False
     stalled_for = 0.0
+    reopens = 0
 
     def __init__(self, n: int, shape: tuple[int, int] = (120, 160)) -> None:
         self.n, self.shape, self.i = n, shape, 0
