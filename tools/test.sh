@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Install what the tests need and run the whole test suite (arguments go to pytest, e.g. a test file).
 #
+#   ./tools/test.sh                 everything: the daemon, the training package, lint and types
+#   ./tools/test.sh --quick         the daemon only: no TensorFlow installed, tests marked `train` left out
+#   ./tools/test.sh tests/unit      one folder or file (no lint step when pytest arguments are given)
+#
 # System packages (Debian/Ubuntu), installed with apt-get when missing: mosquitto and its clients
 # (the tests run real brokers), shellcheck, systemd (systemd-analyze) and openssl. apt-get runs
 # directly as root and through sudo otherwise. Set SKIP_APT=1 to skip that step: the
@@ -8,6 +12,13 @@
 # Then the project with its test and training extras goes into .venv, and pytest runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+extras="train,test"
+marks=()
+if [ "${1:-}" = --quick ]; then
+  shift
+  extras="test"
+  marks=(-m "not train")
+fi
 export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
 
 if [ "${SKIP_APT:-0}" != 1 ] && command -v apt-get >/dev/null; then
@@ -33,5 +44,10 @@ fi
 
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[train,test]"
-exec .venv/bin/python -m pytest "$@"
+.venv/bin/python -m pip install -q -e ".[$extras]"
+if [ $# -eq 0 ]; then
+  # The habits, enforced (configured in pyproject.toml): lint, then types.
+  .venv/bin/ruff check .
+  .venv/bin/mypy
+fi
+exec .venv/bin/python -m pytest ${marks[@]+"${marks[@]}"} "$@"
