@@ -19,6 +19,7 @@ from edge.protocols import Frame, Message
 from edge.settings import EventsSettings
 from edge.tracker import Track, TrackEvent
 
+
 class Aggregator:
     """Turns tracker output into ``events``, ``state`` and ``stats`` messages."""
 

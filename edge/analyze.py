@@ -47,8 +47,8 @@ class InputError(Exception):
 
 def inputs(paths: Sequence[Path]) -> Iterator[tuple[str, Path]]:
     """("image" | "video", path) for each path, a folder's images and videos in name order."""
-    from edge.sources.folder import IMAGE_SUFFIXES
     from edge.sources import VIDEO_SUFFIXES
+    from edge.sources.folder import IMAGE_SUFFIXES
 
     for path in paths:
         if path.is_dir():

@@ -24,8 +24,8 @@ from edge.edgetpu_probe import EDGETPU_LIB, AcceleratorUnavailable
 from edge.edgetpu_probe import RUNTIMES as PROBE_RUNTIMES
 from edge.edgetpu_probe import probe as probe_edgetpu
 from edge.preprocess import Box, frame_face_tensor
-from edge.quant import QuantParams, dequantize, quantize, softmax
 from edge.protocols import MissingExtra, Registry
+from edge.quant import QuantParams, dequantize, quantize, softmax
 from edge.settings import ClassifierSettings
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def without_runtime_banner() -> Iterator[None]:
             pass_on_stderr(tmp.read())
 
 
-CLASSIFIERS: Registry["TFLiteClassifier"] = Registry("classifier")
+CLASSIFIERS: Registry[TFLiteClassifier] = Registry("classifier")
 
 
 @CLASSIFIERS.register("tflite")

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -229,9 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "config":
         sys.stdout.write(json.dumps(settings.model_dump(mode="json"), indent=2) + "\n")
         return 0
-    from edge.protocols import CameraUnavailable, MissingExtra, SourceError
     from edge.bundle import BundleError
     from edge.edgetpu_probe import AcceleratorUnavailable
+    from edge.protocols import CameraUnavailable, MissingExtra, SourceError
 
     try:
         if args.command == "watch":

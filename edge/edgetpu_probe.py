@@ -99,7 +99,7 @@ def _tflite_version(runtime: str) -> str:
         from importlib.metadata import version
 
         return f"{runtime} {version(runtime)}"
-    except Exception:  # noqa: BLE001 - a version is a nicety in an error message
+    except Exception:
         return runtime
 
 

@@ -30,11 +30,11 @@ from typing import Any, NamedTuple
 import cv2
 import numpy as np
 
+from edge.geometry import iou
 from edge.preprocess import Box, CropGeometry, crop_square, face_tensor
 from edge.protocols import Message, SourceError
 from edge.settings import EdgeSettings
 from edge.sources.base import FiniteSource
-from edge.geometry import iou
 
 FRAME = (640, 480)  # width, height
 FACE_SIDES = (140, 220)  # range of the enlarged face's side, pixels

@@ -161,11 +161,8 @@ class Broker:
     def start(self, timeout: float = 15.0) -> None:
         if self.running:
             return
-        log = open(self.log, "ab")
-        try:
+        with open(self.log, "ab") as log:
             self._proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=log, stderr=log)
-        finally:
-            log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:

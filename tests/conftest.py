@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/broker.py is a helper module, not a package
 
-from broker import Broker, TlsFiles, make_tls_files, mosquitto_binary  # noqa: E402
+from broker import Broker, TlsFiles, make_tls_files, mosquitto_binary
 
 NO_MOSQUITTO = "mosquitto binary not found (apt-get install mosquitto); MQTT tests need a real broker"
 TRAIN_EXTRA = ("tensorflow", "keras")

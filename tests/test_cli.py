@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 import edge
-
 from edge.cli import main
 from edge.settings import EdgeSettings, load_settings
 
@@ -53,7 +52,6 @@ def test_version_names_the_package_and_the_shipped_model_without_heavy_imports()
     r = run_cli("--version", prelude=BLOCK_HEAVY)
     assert r.returncode == 0, r.stderr
     meta = json.loads(SHIPPED_JSON.read_text())
-    from importlib import metadata
 
     assert r.stdout.splitlines() == [f"deepfer-edge {edge.__version__}", f"model {meta['name']} v{meta['version']}"]
 

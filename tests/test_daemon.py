@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from broker import Subscriber, read_retained
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +58,7 @@ def test_clip_to_broker_availability_events_state_stats(broker):
     sub = Subscriber(broker, [f"{prefix}/#"])
     try:
         p = daemon("--camera", str(CLIP), "--mqtt-host", broker.host, "--mqtt-port", str(broker.port), "--device-id", "e2e")
-        out, err = p.communicate(timeout=120)
+        _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
         assert sub.wait_for(lambda ms: any(m.topic.endswith("/availability") and m.text == "offline" for m in ms), 20), err
     finally:
@@ -145,7 +144,7 @@ def test_bench_prints_figures():
 
 def test_check_reports_each_part(tmp_path):
     p = daemon("check", "--camera", "demo", "--json")
-    out, err = p.communicate(timeout=120)
+    out, _ = p.communicate(timeout=120)
     results = {r["check"]: r for r in json.loads(out)}
     assert results["model"]["ok"] and results["camera"]["ok"] and results["detector"]["ok"], results
     assert results["broker"]["ok"] and "disabled" in results["broker"]["detail"]

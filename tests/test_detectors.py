@@ -7,12 +7,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from media import annotations, face_file, faces_dir, iou, match, video_frames, yunet_model
 
 from edge.detectors import DETECTORS, HaarDetector, YuNetDetector, create_detector, shipped_yunet
 from edge.preprocess import Box
 from edge.protocols import FaceDetector, Frame, MissingExtra
 from edge.settings import ConfigError, DetectorSettings
-from media import annotations, face_file, faces_dir, iou, match, video_frames, yunet_model
 
 
 def frame_of(image: np.ndarray, **kw) -> Frame:
@@ -156,7 +156,7 @@ def test_haar_follows_the_face_through_single_face_video_with_defaults() -> None
         if len(found) == 1:
             hits += 1
             box = found[0].box
-            assert 0 <= box.x and 0 <= box.y and box.x + box.w <= 640 and box.y + box.h <= 360
+            assert box.x >= 0 and box.y >= 0 and box.x + box.w <= 640 and box.y + box.h <= 360
             if previous is not None:
                 assert iou(previous, box) > 0.5, (i, previous, box)  # one person, barely moving
             previous = box

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import os
 import shutil
@@ -15,9 +16,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from media import face_file
 
 from edge.sources import DemoSource, VideoFileSource
-from media import face_file
 
 REPO = Path(__file__).resolve().parents[1]
 WOMAN2_S = 15.47  # fer_pkg/woman2.mp4: 464 frames at 29.97 fps
@@ -164,7 +165,7 @@ def test_analyze_a_video_gives_each_tracks_timeline_in_clip_time() -> None:
     (track,) = record["tracks"]
     segs = track["segments"]
     assert segs[0]["start_s"] == track["start_s"] == 0.0 and segs[-1]["end_s"] == track["end_s"]
-    assert all(a["end_s"] == b["start_s"] and a["emotion"] != b["emotion"] for a, b in zip(segs, segs[1:]))
+    assert all(a["end_s"] == b["start_s"] and a["emotion"] != b["emotion"] for a, b in itertools.pairwise(segs))
     assert all(s["end_s"] - s["start_s"] >= 1.0 for s in segs[:-1])  # min_dwell_s
     assert track["dominant"] == max(track["shares"], key=track["shares"].get)
 

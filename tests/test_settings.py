@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.cli import main, overrides_from_args, build_parser
-from edge.settings import ConfigError, EdgeSettings, load_settings
+from edge.cli import build_parser, main, overrides_from_args
+from edge.settings import ConfigError, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,7 +75,7 @@ def test_errors_name_the_field(tmp_path, text, needle):
 
 def test_env_errors_are_config_errors(monkeypatch):
     monkeypatch.setenv("DEEPFER_TRACKER__MIN_DWELL_S", "zero")
-    with pytest.raises(ConfigError, match="tracker.min_dwell_s"):
+    with pytest.raises(ConfigError, match=re.escape("tracker.min_dwell_s")):
         load_settings()
 
 
@@ -244,7 +244,10 @@ def test_other_mistyped_values_are_still_shown(tmp_path):
     [
         ("[mqtt]\nreconnect_min_s = 90\nreconnect_max_s = 30\n", "mqtt.reconnect_min_s (90) is larger than mqtt.reconnect_max_s (30)"),
         ("[mqtt]\nreconnect_min_s = 90\n", "mqtt.reconnect_min_s (90) is larger than mqtt.reconnect_max_s (60)"),
-        ("[camera]\nreopen_backoff_s = 60\nreopen_backoff_max_s = 5\n", "camera.reopen_backoff_s (60) is larger than camera.reopen_backoff_max_s (5)"),
+        (
+            "[camera]\nreopen_backoff_s = 60\nreopen_backoff_max_s = 5\n",
+            "camera.reopen_backoff_s (60) is larger than camera.reopen_backoff_max_s (5)",
+        ),
         ('[mqtt]\ncert_file = "/etc/c.crt"\n', "mqtt.cert_file and mqtt.key_file go together"),
     ],
 )

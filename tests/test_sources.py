@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import re
 import socket
 import sys
 import threading
 import time
 import types
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
 import pytest
+from media import damaged_video, face_file, frames_opencv_reads_on, iou, video_frames
 
 from edge.demo import FACE_ASSET, DemoClip
 from edge.detectors import create_detector
@@ -35,7 +38,6 @@ from edge.sources import (
     parse_source,
 )
 from edge.sources.picamera import lores_size
-from media import damaged_video, face_file, frames_opencv_reads_on, iou, video_frames
 
 WAIT = 10.0  # generous upper bound for a background thread to get somewhere; never a timing assertion
 
@@ -202,7 +204,7 @@ def test_demo_is_finite_and_the_face_stays_detectable() -> None:
     # It moves and changes scale, slowly.
     boxes = [clip.face_box(f.index) for f in frames]
     assert len({b.x for b in boxes}) > 50 and max(b.w for b in boxes) > 1.15 * min(b.w for b in boxes)
-    assert all(abs(a.x - b.x) <= 8 and abs(a.y - b.y) <= 8 for a, b in zip(boxes, boxes[1:]))
+    assert all(abs(a.x - b.x) <= 8 and abs(a.y - b.y) <= 8 for a, b in itertools.pairwise(boxes))
     detector = create_detector(DetectorSettings())
     found = 0
     for frame, truth in zip(frames, boxes):
@@ -226,7 +228,7 @@ def test_demo_honours_the_camera_size() -> None:
     image = clip.frame(1)
     assert image.shape == (240, 320, 3)
     box = clip.face_box(1)
-    assert 0 <= box.x and box.x + box.w <= 320 and 0 <= box.y and box.y + box.h <= 240
+    assert box.x >= 0 and box.x + box.w <= 320 and box.y >= 0 and box.y + box.h <= 240
 
 
 # Video files ----------------------------------------------------------------------------------------------------------
@@ -285,7 +287,7 @@ def test_undecodable_video_file_is_a_source_error(tmp_path: Path) -> None:
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(bytes(range(256)) * 64)
     source = open_source(CameraSettings(source=str(broken)))
-    with pytest.raises(SourceError, match="broken.mp4"):
+    with pytest.raises(SourceError, match=re.escape("broken.mp4")):
         source.open()
 
 
@@ -471,9 +473,8 @@ def test_live_camera_that_opens_but_never_delivers_keeps_backing_off(caplog: pyt
         def release(self) -> None:
             pass
 
-    with caplog.at_level(logging.WARNING, logger="edge.sources.live"):
-        with live(DeadCamera, backoff_s=0.01, backoff_max_s=0.04) as source:
-            wait_until(lambda: source.reopens >= 4, "four reopens")
+    with caplog.at_level(logging.WARNING, logger="edge.sources.live"), live(DeadCamera, backoff_s=0.01, backoff_max_s=0.04) as source:
+        wait_until(lambda: source.reopens >= 4, "four reopens")
     delays = [r.getMessage().rsplit(" in ", 1)[1] for r in caplog.records if "stopped delivering" in r.getMessage()]
     assert delays[:4] == ["0.01 s", "0.02 s", "0.04 s", "0.04 s"]  # doubling, capped, never reset by a mere open
 
@@ -607,8 +608,8 @@ def test_stream_that_cannot_be_reached_is_a_source_error() -> None:
 class FakePicamera2:
     """Enough of picamera2's API, fed with real frames of a video file."""
 
-    instances: list[FakePicamera2] = []
-    frames: list[np.ndarray] = []
+    instances: ClassVar[list[FakePicamera2]] = []
+    frames: ClassVar[list[np.ndarray]] = []
     fail_open: Exception | None = None
 
     def __init__(self, camera_num: int = 0) -> None:

@@ -384,7 +384,7 @@ def test_recipe_mixup_reaches_the_training_batches_only() -> None:
 
 @pytest.mark.train
 def test_distillation_targets_blend_teacher_and_label_and_weigh_by_the_label() -> None:
-    from train.fit import Recipe, class_weights, make_datasets
+    from train.fit import Recipe, make_datasets
 
     rng = np.random.default_rng(1)
     y = (np.arange(64) % 7).astype(np.uint8)

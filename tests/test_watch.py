@@ -3,7 +3,6 @@
 import io
 import json
 
-
 from edge.settings import load_settings
 from edge.watch import WatchModel, watch
 

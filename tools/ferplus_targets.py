@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from train.data import DataError, ferplus_votes, vote_targets  # noqa: E402
+from train.data import DataError, ferplus_votes, vote_targets
 
 log = logging.getLogger("ferplus_targets")
 

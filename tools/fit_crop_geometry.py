@@ -26,11 +26,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edge.detectors import create_detector  # noqa: E402
-from edge.facebench import best_match, fit_geometry, load_faces, mean_iou, render_face  # noqa: E402
-from edge.preprocess import DEFAULT_CROP_MARGIN, CropGeometry  # noqa: E402
-from edge.protocols import Frame  # noqa: E402
-from edge.settings import DetectorSettings  # noqa: E402
+from edge.detectors import create_detector
+from edge.facebench import best_match, fit_geometry, load_faces, mean_iou, render_face
+from edge.preprocess import DEFAULT_CROP_MARGIN, CropGeometry
+from edge.protocols import Frame
+from edge.settings import DetectorSettings
 
 log = logging.getLogger("fit_crop_geometry")
 KINDS = ("yunet", "haar")

@@ -22,9 +22,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from train.data import FaceSet, load  # noqa: E402
-from train.evaluate import faces_for, load_predictor, softmax  # noqa: E402
-from train.warmstart import prior_logit_shift  # noqa: E402
+from train.data import FaceSet, load
+from train.evaluate import faces_for, load_predictor, softmax
+from train.warmstart import prior_logit_shift
 
 log = logging.getLogger("teacher_targets")
 

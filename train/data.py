@@ -70,14 +70,14 @@ class FaceSet:
     def class_counts(self) -> np.ndarray:
         return np.bincount(self.y, minlength=len(EMOTIONS))
 
-    def take(self, n: int, seed: int = 0) -> "FaceSet":
+    def take(self, n: int, seed: int = 0) -> FaceSet:
         """A class-stratified-by-chance random subset of at most ``n`` faces."""
         if n >= len(self):
             return self
         idx = np.random.default_rng(seed).choice(len(self), size=n, replace=False)
         return self.subset(idx, f"{self.source}[{n}]")
 
-    def subset(self, idx: np.ndarray, source: str) -> "FaceSet":
+    def subset(self, idx: np.ndarray, source: str) -> FaceSet:
         return FaceSet(self.x[idx], self.y[idx], source, None if self.soft is None else self.soft[idx])
 
 
@@ -112,7 +112,7 @@ def load_csv(path: Path, split: str, size: int = 48) -> FaceSet:
     xs: list[np.ndarray] = []
     ys: list[int] = []
     try:
-        fh = open(path, newline="")
+        fh = open(path, newline="")  # noqa: SIM115 -- opened apart from the with, so a missing file gets its own message
     except OSError as exc:
         raise DataError(f"{path}: cannot open ({exc.strerror})") from exc
     with fh:

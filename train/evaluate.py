@@ -41,7 +41,6 @@ class Predictor:
 
 def outputs_probabilities(model: Any) -> bool:
     """True when a Keras model ends in a softmax (exported wrappers do; trained models emit logits)."""
-    import keras
 
     return _emits_probabilities(model.layers[-1])
 
@@ -55,7 +54,7 @@ def _emits_probabilities(layer: Any) -> bool:
         return outputs_probabilities(layer)
     if isinstance(layer, keras.layers.Average) or getattr(layer, "averages_probabilities", False):  # export's flip TTA
         inputs = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
-        return all(_emits_probabilities(t._keras_history.operation) for t in inputs)  # noqa: SLF001 - layer graph lookup
+        return all(_emits_probabilities(t._keras_history.operation) for t in inputs)
     act = getattr(layer, "activation", None)
     return act is keras.activations.softmax or getattr(act, "__name__", "") == "softmax"
 
@@ -170,7 +169,7 @@ def compute_metrics(y_true: np.ndarray, probs: np.ndarray, labels: tuple[str, ..
         return float((v * w).sum() / w.sum()) if w.sum() else 0.0
 
     return {
-        "n": int(len(y_true)),
+        "n": len(y_true),
         "accuracy": float((pred == y_true).mean()),
         "top2_accuracy": float((top2 == y_true[:, None]).any(axis=1).mean()),
         "macro": {"precision": avg(precision, None), "recall": avg(recall, None), "f1": avg(f1, None)},

@@ -136,6 +136,6 @@ def build_application(
 
 def freeze_batchnorm(model: keras.Model) -> None:
     """Fine-tuning keeps BatchNorm in inference mode so small batches do not wreck its statistics."""
-    for layer in model._flatten_layers(include_self=False):  # noqa: SLF001 - public API has no recursive walk
+    for layer in model._flatten_layers(include_self=False):
         if isinstance(layer, layers.BatchNormalization):
             layer.trainable = False

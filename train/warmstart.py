@@ -51,7 +51,7 @@ def tflite_weights(path: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
     interp = undelegated_interpreter(path)
     details = {d["index"]: d for d in interp.get_tensor_details()}
     out = []
-    for op in interp._get_ops_details():  # noqa: SLF001 - the public API has no graph walk
+    for op in interp._get_ops_details():
         if op["op_name"] not in _WEIGHT_OPS:
             continue
         f_idx, b_idx = int(op["inputs"][1]), int(op["inputs"][2]) if len(op["inputs"]) > 2 else -1
@@ -78,7 +78,7 @@ def load_tflite_weights(model, path: Path, sample: np.ndarray) -> None:
     import keras
     from keras import layers
 
-    weighted = [l for l in model.layers if isinstance(l, (layers.Conv2D, layers.DepthwiseConv2D, layers.Dense))]
+    weighted = [layer for layer in model.layers if isinstance(layer, (layers.Conv2D, layers.DepthwiseConv2D, layers.Dense))]
     found = tflite_weights(Path(path))
     fix = "use the arch and width the bundle was trained with (its .json 'recipe')"
     if len(found) != len(weighted):
@@ -86,7 +86,7 @@ def load_tflite_weights(model, path: Path, sample: np.ndarray) -> None:
     bn_after: dict[str, layers.BatchNormalization] = {}
     for layer in model.layers:
         if isinstance(layer, layers.BatchNormalization):
-            parent = layer.input._keras_history.operation  # noqa: SLF001 - layer graph lookup
+            parent = layer.input._keras_history.operation
             bn_after[parent.name] = layer
     biases: dict[str, np.ndarray] = {}
     for layer, (op, kernel, bias) in zip(weighted, found):

@@ -52,8 +52,8 @@ class ScriptedDetector:
 
     name = "scripted"
 
-    def __init__(self, present: Sequence[bool], box: Box = Box(40, 30, 60, 60)) -> None:
-        self.present, self.box, self.seen = list(present), box, 0
+    def __init__(self, present: Sequence[bool]) -> None:
+        self.present, self.box, self.seen = list(present), Box(40, 30, 60, 60), 0
 
     def detect(self, frame: Frame) -> list[Detection]:
         self.seen += 1
@@ -116,7 +116,7 @@ def make(n: int, present: Sequence[bool], emotions: Sequence[str], geometry: Cro
 
 
 def test_the_fakes_honour_the_protocols():
-    pipe, source, detector, classifier, sink = make(1, [True], ["happy"])
+    _, source, detector, classifier, sink = make(1, [True], ["happy"])
     assert isinstance(source, FrameSource) and isinstance(detector, FaceDetector)
     assert isinstance(classifier, Classifier) and isinstance(sink, EventSink)
 
@@ -157,12 +157,12 @@ def test_the_classifier_gets_the_geometry_s_square_of_each_box():
     geometry = CropGeometry(scale=1.2, dx=0.0, dy=-0.1)
     pipe, *_, classifier, _ = make(1, [True], ["happy"], geometry=geometry)
     pipe.run()
-    (x, y, side, side_h), = classifier.crops
+    ((_, y, side, side_h),) = classifier.crops
     assert side == side_h and side == pytest.approx(72, abs=1)  # 1.2 x the 60 px box
     assert y + side / 2 == pytest.approx(30 + 30 - 6, abs=1)  # centre moved up by a tenth of the box
 
 
 def test_unusable_frames_are_counted_not_processed():
-    pipe, source, *_ = make(3, [True] * 3, ["happy"] * 3)
+    pipe, *_ = make(3, [True] * 3, ["happy"] * 3)
     pipe.process(Frame(np.empty((0, 0, 3), np.uint8), 0, 0.0, t_media=0.0))
     assert pipe.skipped == 1 and pipe.processed == 0
