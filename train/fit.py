@@ -333,7 +333,7 @@ def _run_stage(model, recipe: Recipe, run: Path, stage: str, epochs: int, lr: fl
     steps = math.ceil(ds_train.cardinality().numpy())
     _compile(model, recipe, lr, epochs, steps)
     # With bn_batches, validation runs in the first callback, after the statistics are re-measured.
-    callbacks = [PlainStatisticsValidation(bn_batches, ds_val)] if bn_batches else []
+    callbacks: list[keras.callbacks.Callback] = [PlainStatisticsValidation(bn_batches, ds_val)] if bn_batches else []
     callbacks += [
         keras.callbacks.BackupAndRestore(str(run / "backup" / stage), delete_checkpoint=False),
         keras.callbacks.ModelCheckpoint(
