@@ -24,7 +24,7 @@ import numpy as np
 from edge.labels import EMOTIONS
 from train.batchnorm import DEFAULT_FACES, PlainStatisticsValidation, plain_batches
 from train.data import FaceSet, load, split_off, with_teacher
-from train.report import read_history
+from train.runs import read_history
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def warm_start_lineage(init_from: Path) -> dict:
                 "epochs_before": epochs_behind(bundle.get("recipe") or {}, (bundle.get("model") or {}).get("epoch"))}
     recipe = init_from.parent / "recipe.json"
     if recipe.is_file():
-        from train.export import trained_epochs
+        from train.runs import trained_epochs
 
         return {"from": str(init_from),
                 "epochs_before": epochs_behind(json.loads(recipe.read_text()), trained_epochs(init_from).get("epoch"))}
