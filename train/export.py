@@ -39,8 +39,6 @@ from train.data import FaceSet
 from train.errors import ExportError
 from train.graph import for_export, prior_shift
 from train.runs import history_csv, resolve_model, run_recipe, trained_epochs
-
-# export() calls these through this module's namespace, where tests replace them.
 from train.tflite import LATENCY_RUNS, check_integer_only, compile_edgetpu, convert, measure_latency
 
 __all__ = ["ExportError", "ExportOptions", "export", "read_crop_geometry"]
@@ -102,7 +100,11 @@ def read_crop_geometry(path: Path = CROP_GEOMETRY) -> dict[str, Any]:
 
 
 def float_predictions(model, faces: np.ndarray) -> np.ndarray:
-    """Probabilities of the float Keras model (already ending in softmax) on uint8 faces."""
+    """Probabilities of the float Keras model (already ending in softmax) on uint8 faces.
+
+    export() looks this and ``convert`` up in this module when it runs, so a test can replace
+    either here (the int8 drop guard's test scores a bundle without converting again).
+    """
     from train.evaluate import keras_predict_fn
 
     return keras_predict_fn(model)(faces)
