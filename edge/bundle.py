@@ -1,6 +1,10 @@
 """Model bundles: ``NAME.tflite`` plus ``NAME.json`` describing how to feed it.
 
-The JSON is the contract between training and the daemon. Fields:
+The JSON is the contract between training and the daemon, and :class:`ModelBundle`
+is its one reader and writer: the daemon gets one from :func:`load_bundle`,
+``deepfer-train export`` builds one with :meth:`ModelBundle.create` and writes it,
+and both go through the same checks (:meth:`ModelBundle.from_json`), so export
+cannot write a bundle the daemon would refuse. Fields the daemon relies on:
 
 - ``name``, ``version``: shown in stats and ``check``.
 - ``labels``: class names in the model's output order.
@@ -12,8 +16,17 @@ The JSON is the contract between training and the daemon. Fields:
   :class:`edge.preprocess.CropGeometry`; ``tools/fit_crop_geometry.py`` measures them).
 - ``crop_margin``: for a detector the bundle has no geometry for (and bundles from
   before it existed), the margin added on each side of the box's longer side.
+- ``output``: ``"probabilities"`` (what export writes) or ``"logits"`` (the daemon
+  applies the softmax).
 - ``metrics``, ``training_data``, ``created``, ``untrained``: informational;
   ``untrained: true`` marks a placeholder that ``check`` warns about.
+
+Export also records how the bundle was made (``test_time_augmentation``,
+``prior_correction``, ``input_dtype``, ``input_quantization``, ``output_dtype``,
+``calibration``, ``recipe``, ``model``, ``latency_ms_per_face``, ``latency_host``,
+``runtime``, ``edgetpu``, ``tflite_bytes``, ``sha256``); the daemon does not read
+those, so they stay in :attr:`ModelBundle.meta` untyped and are written back as
+they are.
 """
 
 from __future__ import annotations
@@ -35,6 +48,15 @@ class BundleError(ValueError):
 
 @dataclass(frozen=True)
 class ModelBundle:
+    """A bundle's ``.tflite`` and its checked ``.json``.
+
+    ``meta`` is the whole JSON document, as read or as it will be written; the other
+    fields are the checked, typed view of the part the daemon relies on. Build one
+    with :meth:`from_json`, :meth:`create` or :meth:`with_fields` (never by hand,
+    nor with ``dataclasses.replace``), so the two cannot disagree: :meth:`to_json`
+    writes ``meta``, which keeps a load-then-write round trip byte for byte.
+    """
+
     tflite: Path
     name: str
     version: str
@@ -47,6 +69,7 @@ class ModelBundle:
     metrics: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     crop_geometry: dict[str, CropGeometry] = field(default_factory=dict)
+    output: str = "probabilities"
 
     def geometry_for(self, detector: str) -> CropGeometry:
         """The framing for boxes of ``detector``: its fitted geometry, else the bundle's margin."""
@@ -55,6 +78,99 @@ class ModelBundle:
     @property
     def edgetpu_tflite(self) -> Path:
         return self.tflite.with_name(self.tflite.stem + "_edgetpu.tflite")
+
+    @property
+    def json_path(self) -> Path:
+        return self.tflite.with_suffix(".json")
+
+    # --- reading ------------------------------------------------------------------------------
+
+    @classmethod
+    def from_json(cls, meta: Any, tflite: Path, source: str | Path | None = None) -> ModelBundle:
+        """Check a bundle's JSON document (``source`` names it in errors; default: the .json beside
+        ``tflite``) and type the fields the daemon relies on; BundleError says what is wrong."""
+        meta_path = source or Path(tflite).with_suffix(".json")
+        try:
+            labels = tuple(str(x) for x in meta["labels"])
+            size = int(meta["input_size"])
+            channels = int(meta.get("channels", 1))
+            margin = float(meta.get("crop_margin", 0.1))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"model metadata {meta_path} lacks or mistypes a field ({exc}); needs labels, input_size, channels, crop_margin") from None
+        if len(labels) < 2 or size < 8 or channels not in (1, 3) or not 0 <= margin < 1:
+            raise BundleError(f"model metadata {meta_path}: labels, input_size, channels (1 or 3) or crop_margin out of range")
+        norm = str(meta.get("normalization", "folded"))
+        if norm != "folded":
+            raise BundleError(f"model metadata {meta_path}: normalization {norm!r} is not supported; export with normalisation folded into the graph")
+        geometry = _crop_geometry(meta.get("crop_geometry", {}), meta_path)
+        return cls(
+            tflite=Path(tflite),
+            name=str(meta.get("name", Path(tflite).stem)),
+            version=str(meta.get("version", "0")),
+            labels=labels,
+            input_size=size,
+            channels=channels,
+            crop_margin=margin,
+            normalization=norm,
+            untrained=bool(meta.get("untrained", False)),
+            metrics=dict(meta.get("metrics", {})),
+            meta=meta,
+            crop_geometry=geometry,
+            output=str(meta.get("output", "probabilities")),
+        )
+
+    # --- writing ------------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        tflite: Path,
+        *,
+        name: str,
+        version: str,
+        labels: tuple[str, ...] | list[str],
+        input_size: int,
+        channels: int,
+        crop_margin: float,
+        crop_geometry: dict[str, Any] | None = None,
+        output: str = "probabilities",
+        untrained: bool = False,
+        **info: Any,
+    ) -> ModelBundle:
+        """A new bundle for ``tflite``, checked as :func:`load_bundle` checks one.
+
+        ``crop_geometry`` is the document's form (detector kind -> ``{scale, dx, dy, basis, ...}``,
+        notes on how it was fitted kept); ``info``: the informational fields, written after the
+        contract in the order given. Nothing is written until :meth:`write`.
+        """
+        doc: dict[str, Any] = {
+            "name": name,
+            "version": version,
+            "labels": list(labels),
+            "input_size": int(input_size),
+            "channels": int(channels),
+            "normalization": "folded",  # the only form the daemon feeds
+            "crop_margin": crop_margin,
+            "crop_geometry": dict(crop_geometry or {}),
+            "output": output,
+            "untrained": untrained,
+            **info,
+        }
+        return cls.from_json(doc, tflite)
+
+    def with_fields(self, **fields: Any) -> ModelBundle:
+        """This bundle with fields of its document added (at the end) or replaced (in place), checked again."""
+        return type(self).from_json({**self.meta, **fields}, self.tflite)
+
+    def to_json(self) -> str:
+        """The document as ``NAME.json`` holds it: two-space indent, a final newline."""
+        return json.dumps(self.meta, indent=2) + "\n"
+
+    def write(self, path: str | Path | None = None) -> Path:
+        """Write the document to ``path`` (default: the .json beside the .tflite); returns the path."""
+        out = Path(path) if path else self.json_path
+        out.write_text(self.to_json())
+        return out
 
 
 def default_bundle_path() -> Path:
@@ -90,33 +206,7 @@ def load_bundle(path: str | Path | None = None) -> ModelBundle:
         meta = json.loads(meta_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise BundleError(f"model metadata {meta_path} is not valid JSON: {exc}") from None
-    try:
-        labels = tuple(str(x) for x in meta["labels"])
-        size = int(meta["input_size"])
-        channels = int(meta.get("channels", 1))
-        margin = float(meta.get("crop_margin", 0.1))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BundleError(f"model metadata {meta_path} lacks or mistypes a field ({exc}); needs labels, input_size, channels, crop_margin") from None
-    if len(labels) < 2 or size < 8 or channels not in (1, 3) or not 0 <= margin < 1:
-        raise BundleError(f"model metadata {meta_path}: labels, input_size, channels (1 or 3) or crop_margin out of range")
-    norm = str(meta.get("normalization", "folded"))
-    if norm != "folded":
-        raise BundleError(f"model metadata {meta_path}: normalization {norm!r} is not supported; export with normalisation folded into the graph")
-    geometry = _crop_geometry(meta.get("crop_geometry", {}), meta_path)
-    return ModelBundle(
-        tflite=tflite,
-        name=str(meta.get("name", tflite.stem)),
-        version=str(meta.get("version", "0")),
-        labels=labels,
-        input_size=size,
-        channels=channels,
-        crop_margin=margin,
-        normalization=norm,
-        untrained=bool(meta.get("untrained", False)),
-        metrics=dict(meta.get("metrics", {})),
-        meta=meta,
-        crop_geometry=geometry,
-    )
+    return ModelBundle.from_json(meta, tflite, meta_path)
 
 
 def _crop_geometry(raw: Any, meta_path: Path) -> dict[str, CropGeometry]:

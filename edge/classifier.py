@@ -144,7 +144,7 @@ class TFLiteClassifier:
                 f"model {model_path} outputs {n_out} classes but its .json lists {len(bundle.labels)} labels "
                 f"({', '.join(bundle.labels)}); use the .json exported with this model"
             )
-        self._logits = bundle.meta.get("output", "probabilities") == "logits"
+        self._logits = bundle.output == "logits"
         # Seconds per face of the model itself (set tensor, invoke, read back) in the last call.
         self.last_infer_s: float | None = None
         qi = self.input_quantization

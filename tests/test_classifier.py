@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.bundle import BundleError, load_bundle
+from edge.bundle import BundleError, ModelBundle, default_bundle_path, load_bundle
 from edge.classifier import TFLiteClassifier, interpreter_module
 from edge.labels import EMOTIONS
 from edge.preprocess import Box
@@ -131,6 +131,38 @@ def test_the_shipped_bundle_loads():
     clf = TFLiteClassifier(bundle, ClassifierSettings())
     assert clf.predict_tensors(faces(4)).shape == (4, 7)
 
+
+
+def test_the_shipped_bundle_json_round_trips_unchanged(tmp_path):
+    """ModelBundle reads and writes NAME.json: loading the shipped bundle and writing it back gives the same bytes."""
+    shipped = default_bundle_path()
+    bundle = load_bundle(shipped)
+    assert bundle.to_json() == shipped.with_suffix(".json").read_text()
+    copy = tmp_path / shipped.name
+    shutil.copy(shipped, copy)
+    assert bundle.write(copy.with_suffix(".json")) == copy.with_suffix(".json")
+    assert load_bundle(copy) == ModelBundle.from_json(bundle.meta, copy)
+
+
+def test_a_created_bundle_is_checked_as_the_daemon_checks_it(models, tmp_path):
+    tflite = tmp_path / "made.tflite"
+    tflite.write_bytes(models["uint8"].read_bytes())
+    made = ModelBundle.create(tflite, name="made", version="1", labels=EMOTIONS, input_size=48, channels=1,
+                              crop_margin=0.1, crop_geometry={"haar": {"scale": 1.2, "dx": 0.0, "dy": 0.0, "basis": "geomean"},
+                                                             "fitted_on": "a note, kept"},
+                              test_time_augmentation="none")
+    assert list(made.meta) == ["name", "version", "labels", "input_size", "channels", "normalization", "crop_margin",
+                               "crop_geometry", "output", "untrained", "test_time_augmentation"]
+    assert made.crop_geometry["haar"].scale == 1.2 and made.meta["crop_geometry"]["fitted_on"] == "a note, kept"
+    grown = made.with_fields(version="2", sha256="abc")
+    assert list(grown.meta)[-1] == "sha256" and grown.version == "2" and made.version == "1"
+    grown.write()
+    assert load_bundle(tflite) == grown
+    assert TFLiteClassifier(load_bundle(tflite), ClassifierSettings()).predict_tensors(faces(2)).shape == (2, 7)
+    with pytest.raises(BundleError, match="channels \\(1 or 3\\)"):
+        ModelBundle.create(tflite, name="x", version="1", labels=EMOTIONS, input_size=48, channels=2, crop_margin=0.1)
+    with pytest.raises(BundleError, match="crop_geometry.haar .* out of range"):
+        made.with_fields(crop_geometry={"haar": {"scale": 9.0}})
 
 class FakeEdgeTpuRuntime:
     """The LiteRT module with a stand-in for the Coral delegate (no Edge TPU on this machine)."""

@@ -691,7 +691,7 @@ def test_targets_are_trixie_first_then_bookworm() -> None:
 
 
 def test_responsible_use_is_in_the_readme_and_every_model_card() -> None:
-    from train.report import model_card
+    from train.card import model_card
 
     metrics = {"n": 10, "accuracy": 0.5, "top2_accuracy": 0.7, "macro": {"f1": 0.4}, "weighted": {"f1": 0.45},
                "ece": 0.05, "per_class": {"happy": {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 10}}}

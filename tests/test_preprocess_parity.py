@@ -174,7 +174,7 @@ def exported(photos, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespac
     import keras
     from keras import layers
 
-    from train.export import export
+    from train.export import ExportOptions, export
 
     keras.utils.set_random_seed(3)
     inp = keras.Input((48, 48, 1), name="face")
@@ -204,7 +204,7 @@ def exported(photos, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespac
     model.get_layer("logits").set_weights([k * (2.0 / spread), b])
     model_path = root / "parity.keras"
     model.save(model_path)
-    tflite = export(model_path, root / "bundle", "parity_int8", calib, latency_runs=0, report=False)
+    tflite = export(model_path, root / "bundle", "parity_int8", calib, options=ExportOptions(latency_runs=0, report=False))
     return SimpleNamespace(model=keras.models.load_model(model_path), tflite=tflite, faces=faces, root=root)
 
 
@@ -234,7 +234,7 @@ def _daemon_scores(clf, rec, photos) -> tuple[np.ndarray, list[np.ndarray]]:
 @pytest.mark.train
 def test_classifier_feeds_exactly_what_training_sees(exported, photos) -> None:
     from train.data import FaceSet
-    from train.export import representative_dataset
+    from train.calibration import representative_dataset
     from train.fit import Recipe, make_datasets
 
     clf, rec = _classifier(exported.tflite)

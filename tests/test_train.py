@@ -24,7 +24,7 @@ from edge.preprocess import DEFAULT_CROP_MARGIN
 from train.cli import main
 from train.data import FaceSet, load
 from train.evaluate import compute_metrics, expected_calibration_error
-from train.export import calibration_set, spanning_calibration
+from train.calibration import calibration_set, spanning_calibration
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -227,7 +227,7 @@ def test_weight_average_of_the_last_epochs(trained: SimpleNamespace) -> None:
             np.testing.assert_allclose(var.numpy(), mean, rtol=1e-5, atol=1e-6)
             checked += 1
     assert checked > 10 and remeasured > 0
-    from train.export import trained_epochs
+    from train.runs import trained_epochs
 
     assert trained_epochs(run / "swa.keras") == {"epochs_run": 4, "epoch": 4, "averaged_epochs": [2, 3, 4]}
 
@@ -296,7 +296,8 @@ def test_batchnorm_update_is_the_plain_mean_over_batches() -> None:
 def test_prior_correction_shifts_the_logits_by_the_weighted_log_prior() -> None:
     import keras
 
-    from train.export import ExportError, prior_shift, with_prior_correction
+    from train.errors import ExportError
+    from train.graph import prior_shift, with_prior_correction
     from train.fit import Recipe, build
 
     counts = dict(zip(EMOTIONS, (3995, 436, 4097, 7215, 4830, 3171, 4965)))  # FER2013 Training
@@ -557,7 +558,7 @@ def test_bundle_json_fields(bundle: SimpleNamespace, trained: SimpleNamespace) -
 
 @pytest.mark.train
 def test_int8_model_is_integer_only(bundle: SimpleNamespace) -> None:
-    from train.export import float_ops
+    from train.tflite import float_ops
 
     assert float_ops(bundle.tflite) == []
 
@@ -591,7 +592,7 @@ def test_init_from_an_exported_bundle_recovers_the_float_model(bundle: SimpleNam
 
     from train.evaluate import load_predictor
     from train.fit import Recipe, build, warm_start_lineage
-    from train.report import model_card
+    from train.card import model_card
     from train.warmstart import WarmStartError, load_tflite_weights
 
     recipe = Recipe(**{k: v for k, v in bundle.meta["recipe"].items() if k != "extra"})
@@ -644,7 +645,7 @@ def test_flip_tta_bundle_averages_the_face_and_its_mirror(bundle: SimpleNamespac
     from edge.bundle import load_bundle
     from edge.classifier import TFLiteClassifier
     from edge.settings import ClassifierSettings
-    from train.export import float_ops
+    from train.tflite import float_ops
 
     rc = main(["export", str(trained.run), "--out", str(tmp_path), "--name", "tiny_tta", "--calibration", "50",
                "--latency-runs", "5", "--max-int8-drop", "5", "--flip-tta"])
@@ -657,7 +658,7 @@ def test_flip_tta_bundle_averages_the_face_and_its_mirror(bundle: SimpleNamespac
     import keras
 
     from train.evaluate import outputs_probabilities
-    from train.export import with_flip_average, with_softmax
+    from train.graph import with_flip_average, with_softmax
 
     tta_model = with_flip_average(with_softmax(keras.models.load_model(trained.run / "best.keras", compile=False)))
     assert outputs_probabilities(tta_model)
@@ -716,14 +717,14 @@ def test_int8_drop_guard_refuses_and_writes_nothing(bundle: SimpleNamespace, tra
                         lambda model, faces: np.eye(len(EMOTIONS), dtype=np.float32)[shifted.y])
     out = tmp_path / "refused"
     with pytest.raises(export_mod.ExportError, match=r"int8 top-1 .* points below float 100.00% on shifted labels"):
-        export_mod.export(trained.run, out, "refused", load(synthetic.train_npz).x[:20], val=shifted, latency_runs=0,
-                          prior_correction=False)
+        export_mod.export(trained.run, out, "refused", load(synthetic.train_npz).x[:20], val=shifted,
+                          options=export_mod.ExportOptions(latency_runs=0, prior_correction=False))
     assert list(out.iterdir()) == []  # neither the bundle nor its staging folder
     # The same bundle passes when the float model is no better than int8 (here: wrong on every face).
     monkeypatch.setattr(export_mod, "float_predictions",
                         lambda model, faces: np.eye(len(EMOTIONS), dtype=np.float32)[(shifted.y + 1) % len(EMOTIONS)])
     export_mod.export(trained.run, tmp_path / "kept", "kept", load(synthetic.train_npz).x[:20], val=shifted,
-                      latency_runs=0, report=False, prior_correction=False)
+                      options=export_mod.ExportOptions(latency_runs=0, report=False, prior_correction=False))
     assert (tmp_path / "kept" / "kept.tflite").is_file()
     # Through the CLI the refusal is one line on stderr and exit status 1.
     monkeypatch.setattr(export_mod, "float_predictions",
@@ -845,12 +846,12 @@ echo "Number of operations that will run on Edge TPU: 42"
 
 def test_edgetpu_compiler_when_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                          caplog: pytest.LogCaptureFixture) -> None:
-    from train.export import compile_edgetpu
+    from train.tflite import compile_edgetpu
 
     model = tmp_path / "m.tflite"
     model.write_bytes(b"TFL3 not a real model")
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    with caplog.at_level("INFO", logger="train.export"):
+    with caplog.at_level("INFO", logger="train.tflite"):
         assert compile_edgetpu(model) == {"compiled": False, "reason": "edgetpu_compiler not on PATH"}
     assert "sudo apt install edgetpu-compiler" in caplog.text and "m_edgetpu.tflite" in caplog.text
     bin_dir = tmp_path / "bin"
@@ -862,7 +863,7 @@ def test_edgetpu_compiler_when_installed(tmp_path: Path, monkeypatch: pytest.Mon
     assert (tmp_path / "m_edgetpu.tflite").read_bytes() == model.read_bytes()
     (tmp_path / "m_edgetpu.tflite").unlink()
     monkeypatch.setenv("FAIL", "1")
-    with caplog.at_level("WARNING", logger="train.export"):
+    with caplog.at_level("WARNING", logger="train.tflite"):
         assert compile_edgetpu(model) == {"compiled": False, "reason": "exit 1"}
     assert "Model not quantized" in caplog.text
 
@@ -873,7 +874,8 @@ def test_float_ops_are_found_in_a_float_model(tmp_path: Path) -> None:
     import keras
     from keras import layers
 
-    from train.export import ExportError, check_integer_only, convert, float_ops
+    from train.errors import ExportError
+    from train.tflite import check_integer_only, convert, float_ops
 
     inp = keras.Input((16, 16, 1))
     x = layers.Conv2D(4, 3, strides=2)(layers.Rescaling(1 / 127.5, offset=-1.0)(inp))

@@ -26,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from edge.bundle import load_bundle
 from edge.detectors import create_detector
 from edge.facebench import best_match, fit_geometry, load_faces, mean_iou, render_face
 from edge.preprocess import DEFAULT_CROP_MARGIN, CropGeometry
@@ -80,9 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         args.out.write_text(json.dumps(record, indent=2) + "\n")
     if args.bundle:
-        meta = json.loads(args.bundle.read_text())
-        meta["crop_geometry"] = record
-        args.bundle.write_text(json.dumps(meta, indent=2) + "\n")
+        # Through the bundle's own reader and writer: the geometry is checked as the daemon will check it.
+        load_bundle(args.bundle).with_fields(crop_geometry=record).write()
     print(json.dumps(record, indent=2))
     return 0
 

@@ -217,8 +217,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from train.export import calibration_set, export, resolve_model, run_recipe
+    from train.calibration import calibration_set
+    from train.export import ExportOptions, export
     from train.fit import Recipe, load_splits
+    from train.runs import resolve_model, run_recipe
 
     model_path = resolve_model(args.run)
     saved = run_recipe(model_path)
@@ -237,11 +239,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         "n_train": len(train_set),
         "class_counts": {k: int(v) for k, v in zip(_labels(), train_set.class_counts())},
     }
-    out = export(
-        model_path, args.out, args.name, calib, int8=args.int8, val=val, version=args.version,
-        max_drop=args.max_int8_drop, training_data=training_data, latency_runs=args.latency_runs,
-        flip_tta=args.flip_tta, prior_correction=args.prior_correction,
-    )
+    options = ExportOptions(int8=args.int8, version=args.version, max_drop=args.max_int8_drop,
+                            prior_correction=args.prior_correction, flip_tta=args.flip_tta,
+                            latency_runs=args.latency_runs)
+    out = export(model_path, args.out, args.name, calib, val=val, training_data=training_data, options=options)
     print(out)
     return 0
 
@@ -264,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     from edge.bundle import BundleError
     from edge.protocols import MissingExtra
     from train.data import DataError
-    from train.export import ExportError
+    from train.errors import ExportError
 
     try:
         return COMMANDS[args.command](args)

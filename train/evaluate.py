@@ -256,6 +256,8 @@ def evaluate_to_dir(model: str | Path | Predictor, data: FaceSet, out_dir: Path)
     """Evaluate and write metrics.json, confusion_matrix.png, training_curves.png (when the
     model sits in a run folder with history.csv) and model_card.md into ``out_dir``."""
     from train import report
+    from train.card import model_card
+    from train.runs import history_csv
 
     pred = model if isinstance(model, Predictor) else load_predictor(model)
     if pred.path is None:
@@ -266,10 +268,10 @@ def evaluate_to_dir(model: str | Path | Predictor, data: FaceSet, out_dir: Path)
     write_metrics(metrics, out_dir / "metrics.json")
     images: dict[str, Path] = {}
     run_dir = Path(model).parent
-    history = run_dir / "history.csv"
+    history = history_csv(Path(model))
     if report.can_plot():
         images["confusion"] = report.plot_confusion(metrics, out_dir / "confusion_matrix.png")
-        if history.is_file():
+        if history is not None:
             images["curves"] = report.plot_history(history, out_dir / "training_curves.png")
     else:
         # Evaluating a .tflite bundle needs no [train] extra; the plots are what it would add.
@@ -277,7 +279,7 @@ def evaluate_to_dir(model: str | Path | Predictor, data: FaceSet, out_dir: Path)
                     "(pip install matplotlib, or 'deepfer[train]', for them)", out_dir)
     recipe = _read_json(run_dir / "recipe.json")
     bundle_meta = _read_json(Path(model).with_suffix(".json")) if Path(model).suffix == ".tflite" else {}
-    card = report.model_card(
+    card = model_card(
         name=pred.name,
         metrics={pred.kind: metrics},
         recipe=recipe or bundle_meta.get("recipe"),

@@ -24,7 +24,7 @@ import numpy as np
 from edge.labels import EMOTIONS
 from train.batchnorm import DEFAULT_FACES, PlainStatisticsValidation, plain_batches
 from train.data import FaceSet, load, split_off, with_teacher
-from train.report import read_history
+from train.runs import HISTORY, read_history
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def warm_start_lineage(init_from: Path) -> dict:
                 "epochs_before": epochs_behind(bundle.get("recipe") or {}, (bundle.get("model") or {}).get("epoch"))}
     recipe = init_from.parent / "recipe.json"
     if recipe.is_file():
-        from train.export import trained_epochs
+        from train.runs import trained_epochs
 
         return {"from": str(init_from),
                 "epochs_before": epochs_behind(json.loads(recipe.read_text()), trained_epochs(init_from).get("epoch"))}
@@ -339,9 +339,9 @@ def _run_stage(model, recipe: Recipe, run: Path, stage: str, epochs: int, lr: fl
         keras.callbacks.ModelCheckpoint(
             str(run / "best.keras"), monitor="val_accuracy", mode="max", save_best_only=True,
             # After --resume, a worse epoch must not replace the best model saved before the interruption.
-            initial_value_threshold=_best_so_far(run / "history.csv"),
+            initial_value_threshold=_best_so_far(run / HISTORY),
         ),
-        keras.callbacks.CSVLogger(str(run / "history.csv"), append=True),
+        keras.callbacks.CSVLogger(str(run / HISTORY), append=True),
         EpochSummary(stage),
     ]
     if recipe.swa_epochs and stage != "head":
@@ -375,7 +375,7 @@ def fit(recipe: Recipe, run: Path, resume: bool = False, verbose: int = 1) -> Pa
 
     train, val = load_splits(recipe)
     log.info("train %d faces %s | val %d faces (%s)", len(train), train.class_counts().tolist(), len(val), val.source)
-    epochs_done = _epochs_done(run / "history.csv") if resume else 0
+    epochs_done = _epochs_done(run / HISTORY) if resume else 0
     if epochs_done:
         keras.utils.set_random_seed(data_seed(recipe, epochs_done))
     ds_train, ds_val, weights = make_datasets(recipe, train, val, epochs_done)
@@ -415,6 +415,6 @@ def fit(recipe: Recipe, run: Path, resume: bool = False, verbose: int = 1) -> Pa
         from train import swa
 
         swa.finish(model, run, recipe.epochs, recipe.swa_epochs, bn_batches or ds_train.take(100), ds_val,
-                   _best_so_far(run / "history.csv"))
+                   _best_so_far(run / HISTORY))
     best = run / "best.keras"
     return best if best.exists() else run / "model.keras"

@@ -46,7 +46,7 @@ def _dequantize(values: np.ndarray, detail: dict) -> np.ndarray:
 
 def tflite_weights(path: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(op, kernel in Keras layout, float bias) for each conv / dense op, in graph order."""
-    from train.export import undelegated_interpreter
+    from train.tflite import undelegated_interpreter
 
     interp = undelegated_interpreter(path)
     details = {d["index"]: d for d in interp.get_tensor_details()}
