@@ -89,14 +89,16 @@ class ModelBundle:
     def from_json(cls, meta: Any, tflite: Path, source: str | Path | None = None) -> ModelBundle:
         """Check a bundle's JSON document (``source`` names it in errors; default: the .json beside
         ``tflite``) and type the fields the daemon relies on; BundleError says what is wrong."""
-        meta_path = source or Path(tflite).with_suffix(".json")
+        meta_path = Path(source) if source else Path(tflite).with_suffix(".json")
         try:
             labels = tuple(str(x) for x in meta["labels"])
             size = int(meta["input_size"])
             channels = int(meta.get("channels", 1))
             margin = float(meta.get("crop_margin", 0.1))
         except (KeyError, TypeError, ValueError) as exc:
-            raise BundleError(f"model metadata {meta_path} lacks or mistypes a field ({exc}); needs labels, input_size, channels, crop_margin") from None
+            raise BundleError(
+                f"model metadata {meta_path} lacks or mistypes a field ({exc}); needs labels, input_size, channels, crop_margin"
+            ) from None
         if len(labels) < 2 or size < 8 or channels not in (1, 3) or not 0 <= margin < 1:
             raise BundleError(f"model metadata {meta_path}: labels, input_size, channels (1 or 3) or crop_margin out of range")
         norm = str(meta.get("normalization", "folded"))

@@ -161,7 +161,7 @@ def test_a_created_bundle_is_checked_as_the_daemon_checks_it(models, tmp_path):
     assert TFLiteClassifier(load_bundle(tflite), ClassifierSettings()).predict_tensors(faces(2)).shape == (2, 7)
     with pytest.raises(BundleError, match="channels \\(1 or 3\\)"):
         ModelBundle.create(tflite, name="x", version="1", labels=EMOTIONS, input_size=48, channels=2, crop_margin=0.1)
-    with pytest.raises(BundleError, match="crop_geometry.haar .* out of range"):
+    with pytest.raises(BundleError, match=r"crop_geometry\.haar .* out of range"):
         made.with_fields(crop_geometry={"haar": {"scale": 9.0}})
 
 class FakeEdgeTpuRuntime:

@@ -233,8 +233,8 @@ def _daemon_scores(clf, rec, photos) -> tuple[np.ndarray, list[np.ndarray]]:
 
 @pytest.mark.train
 def test_classifier_feeds_exactly_what_training_sees(exported, photos) -> None:
-    from train.data import FaceSet
     from train.calibration import representative_dataset
+    from train.data import FaceSet
     from train.fit import Recipe, make_datasets
 
     clf, rec = _classifier(exported.tflite)

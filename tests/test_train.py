@@ -9,6 +9,7 @@ recipe handling, --help) run without TensorFlow.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from datetime import datetime
@@ -21,10 +22,10 @@ import pytest
 
 from edge.labels import EMOTIONS
 from edge.preprocess import DEFAULT_CROP_MARGIN
+from train.calibration import calibration_set, spanning_calibration
 from train.cli import main
 from train.data import FaceSet, load
 from train.evaluate import compute_metrics, expected_calibration_error
-from train.calibration import calibration_set, spanning_calibration
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -297,8 +298,8 @@ def test_prior_correction_shifts_the_logits_by_the_weighted_log_prior() -> None:
     import keras
 
     from train.errors import ExportError
-    from train.graph import prior_shift, with_prior_correction
     from train.fit import Recipe, build
+    from train.graph import prior_shift, with_prior_correction
 
     counts = dict(zip(EMOTIONS, (3995, 436, 4097, 7215, 4830, 3171, 4965)))  # FER2013 Training
     shift = prior_shift(counts, 0.5)
@@ -411,7 +412,7 @@ def test_teacher_targets_must_match_the_training_rows(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="do not match the 10 faces of ten row for row"):
         with_teacher(faces, tmp_path / "t.npz")
     np.savez(tmp_path / "bad.npz", something=np.zeros(3))
-    with pytest.raises(DataError, match="tools/teacher_targets.py"):
+    with pytest.raises(DataError, match=re.escape("tools/teacher_targets.py")):
         with_teacher(faces, tmp_path / "bad.npz")
     np.savez(tmp_path / "ok.npz", probs=np.full((10, 7), 1 / 7, np.float32), y=faces.y)
     assert with_teacher(faces, tmp_path / "ok.npz").take(4, 0).soft.shape == (4, 7)
@@ -590,9 +591,9 @@ def test_init_from_an_exported_bundle_recovers_the_float_model(bundle: SimpleNam
     """`fit --init-from NAME.tflite`: the int8 bundle's weights, BatchNorm unfolded, in a trainable Keras model."""
     import keras
 
+    from train.card import model_card
     from train.evaluate import load_predictor
     from train.fit import Recipe, build, warm_start_lineage
-    from train.card import model_card
     from train.warmstart import WarmStartError, load_tflite_weights
 
     recipe = Recipe(**{k: v for k, v in bundle.meta["recipe"].items() if k != "extra"})

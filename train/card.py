@@ -49,7 +49,7 @@ LIMITATIONS = """\
 
 
 def _pct(v: float | None) -> str:
-    return "–" if v is None else f"{100 * v:.1f}%"
+    return "\N{EN DASH}" if v is None else f"{100 * v:.1f}%"
 
 
 RECIPE_KEYS = ("arch", "width", "input_size", "weights", "epochs", "batch_size", "lr", "lr_schedule", "label_smoothing",

@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--epochs", type=_positive_int, metavar="N")
     f.add_argument("--arch", choices=ARCHS)
     f.add_argument("--width", type=_positive_float, metavar="W", help="width multiplier (channels x W)")
-    f.add_argument("--weights", metavar="none|imagenet|PATH", help="backbone weights for keras.applications archs: none, imagenet or a .h5/.weights.h5 path")
+    f.add_argument("--weights", metavar="none|imagenet|PATH",
+                   help="backbone weights for keras.applications archs: none, imagenet or a .h5/.weights.h5 path")
     f.add_argument("--batch-size", type=_positive_int, metavar="N")
     f.add_argument("--lr", type=_positive_float, metavar="LR", help="peak learning rate")
     f.add_argument("--lr-schedule", choices=tuple(LR_SCHEDULES),
@@ -180,10 +181,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         recipe = Recipe()
     else:
         recipe = recipe_from_args(args)
-        from train.data import DataError
-
         # Fail before TensorFlow starts (seconds) rather than after.
-        from train.data import FERPLUS_TEACHER
+        from train.data import FERPLUS_TEACHER, DataError
 
         teacher = "" if recipe.teacher == FERPLUS_TEACHER else recipe.teacher
         for flag, path in (("--data", recipe.data), ("--val-data", recipe.val_data), ("--teacher", teacher)):

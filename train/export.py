@@ -25,7 +25,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -161,7 +161,7 @@ def export(
         ModelBundle.create(
             tflite,
             name=name,
-            version=opts.version or datetime.now(timezone.utc).strftime("%Y.%m.%d"),
+            version=opts.version or datetime.now(UTC).strftime("%Y.%m.%d"),
             labels=EMOTIONS,
             input_size=size,
             channels=channels,
@@ -332,7 +332,7 @@ def _provenance(model_path: Path, recipe: dict[str, Any], training_data: dict[st
         "calibration": {"n": 0 if calib is None else int(len(calib)), "source": td.get("source", "")},
         "recipe": recipe,
         "model": {"file": model_path.name, "parameters": int(keras_model.count_params()), **trained_epochs(model_path)},
-        "created": datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+        "created": datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
     }
 
 

@@ -84,7 +84,9 @@ class Recipe:
     limit: int = 0  # use at most this many training faces (0 = all); for smoke tests
     init_from: str = ""  # start from this .keras model's or exported .tflite bundle's weights (same architecture): a second, warm-restarted cycle
     holdout: float = 0.1  # fraction held out when no val_data is given
-    bn_faces: int = DEFAULT_FACES  # plain training faces BatchNorm statistics are measured on after each epoch (train.batchnorm); 0 = keep the augmented batches' moving averages
+    # Plain training faces BatchNorm statistics are measured on after each epoch (train.batchnorm);
+    # 0 = keep the augmented batches' moving averages.
+    bn_faces: int = DEFAULT_FACES
     swa_epochs: int = 0  # average the weights of the last N epochs into swa.keras (0 = off); see train.swa
     extra: dict = field(default_factory=dict)
 
@@ -109,7 +111,7 @@ class Recipe:
         path.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: Path) -> "Recipe":
+    def load(cls, path: Path) -> Recipe:
         raw = json.loads(path.read_text())
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(raw) - known

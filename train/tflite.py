@@ -39,7 +39,7 @@ def _converter(model, workdir: Path):
 
     try:
         return tf.lite.TFLiteConverter.from_keras_model(model)
-    except Exception as exc:  # noqa: BLE001 - fall back on any failure of the Keras 3 bridge
+    except Exception as exc:
         log.info("from_keras_model failed (%s); converting through a SavedModel", exc)
         saved = workdir / "saved_model"
         model.export(str(saved))
@@ -66,7 +66,7 @@ def convert(model, calibration: np.ndarray | None, int8: bool = True) -> bytes:
         with contextlib.redirect_stdout(captured):
             try:
                 flat = conv.convert()
-            except Exception as exc:  # noqa: BLE001 - the converter raises many unrelated types
+            except Exception as exc:
                 raise ExportError(f"TFLite conversion failed: {exc}") from exc
         if captured.getvalue().strip():
             log.debug("converter output:\n%s", captured.getvalue())
@@ -90,7 +90,7 @@ def float_ops(tflite: Path) -> list[str]:
     """Ops of a TFLite model that take or produce floating-point tensors (empty = integer-only)."""
     interp = undelegated_interpreter(tflite)
     bad = []
-    for op in interp._get_ops_details():  # noqa: SLF001 - the only per-op type listing the runtime offers
+    for op in interp._get_ops_details():
         types = [np.dtype(t).name for t in list(op["operand_types"]) + list(op["result_types"])]
         if any(t in FLOAT_TYPES for t in types):
             bad.append(f"{op['op_name']}#{op['index']}({', '.join(types)})")
