@@ -17,7 +17,7 @@ from edge.messages import Envelope
 from edge.protocols import Message
 from edge.settings import EdgeSettings
 from edge.sinks import SINKS, create_sinks
-from edge.sinks.mqtt_sink import MqttSink
+from edge.sinks.mqtt import MqttSink
 from edge.sinks.stdout_sink import StdoutSink
 
 REPO = Path(__file__).resolve().parents[1]

@@ -29,7 +29,7 @@ def _stdout_sink(settings: EdgeSettings, envelope: Envelope | None = None) -> Ev
 @SINKS.register("mqtt")
 def _mqtt_sink(settings: EdgeSettings, envelope: Envelope | None = None, labels: tuple[str, ...] | None = None) -> EventSink:
     from edge.labels import EMOTIONS
-    from edge.sinks.mqtt_sink import MqttSink
+    from edge.sinks.mqtt import MqttSink
 
     return MqttSink(settings.mqtt, settings.device_id, envelope, labels or EMOTIONS)
 
@@ -41,7 +41,7 @@ def create_sinks(
 
     ``envelope`` is the pipeline's stamping envelope; the MQTT sink checks that
     its sequence numbers persist when its queue does (build it with
-    ``Envelope(device_id, state_file=mqtt_sink.sequence_file(settings.mqtt))``).
+    ``Envelope(device_id, state_file=edge.sinks.mqtt.sequence_file(settings.mqtt))``).
     """
     sinks: list[EventSink] = []
     if settings.stdout.enabled:
