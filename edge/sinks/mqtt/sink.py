@@ -62,15 +62,8 @@ from edge.labels import EMOTIONS
 from edge.protocols import Message
 from edge.settings import MqttSettings
 from edge.sinks.mqtt import discovery
-from edge.sinks.mqtt.client import (
-    SocketErrors,
-    describe_early_close,
-    describe_exception,
-    describe_no_answer,
-    describe_receive_error,
-    describe_refusal,
-    make_client,
-)
+from edge.sinks.mqtt.client import (SocketErrors, describe_early_close, describe_exception, describe_no_answer,
+                                    describe_receive_error, describe_refusal, make_client)
 from edge.sinks.mqtt.journal import EventJournal, StoredEvent, highest_seqs, open_journal
 from edge.sinks.mqtt.outbox import Outbox, QueuedEvent
 from edge.sinks.wire import AVAILABILITY, EVENTS, OFFLINE, ONLINE, device_topic, encode_payload
