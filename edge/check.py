@@ -51,7 +51,7 @@ def _camera(settings: EdgeSettings) -> str:
 
 
 def _broker(settings: EdgeSettings) -> str:
-    from edge.sinks.mqtt_sink import check_broker
+    from edge.sinks.mqtt import check_broker
 
     m = settings.mqtt
     if not m.enabled:

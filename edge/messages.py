@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from edge.protocols import Message
+from edge.sinks.wire import RETAINED_TOPICS
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-RETAINED_TOPICS = frozenset({"state", "stats"})
 
 
 def utc_now_iso() -> str:

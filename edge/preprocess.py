@@ -16,7 +16,7 @@ import numpy as np
 from edge.geometry import BASES, Box, CropGeometry, crop_square
 
 __all__ = ["BASES", "DEFAULT_CROP_MARGIN", "Box", "CropGeometry", "crop_face", "crop_square", "face_tensor",
-           "frame_face_tensor", "resize_face", "shrink", "to_gray"]
+           "frame_face_tensor", "resize_face", "shrink", "to_gray", "to_uint8"]
 
 
 # Margin added on each side of a detector box before the square crop, for bundles that record no
@@ -24,8 +24,31 @@ __all__ = ["BASES", "DEFAULT_CROP_MARGIN", "Box", "CropGeometry", "crop_face", "
 DEFAULT_CROP_MARGIN = 0.1
 
 
+def to_uint8(image: np.ndarray) -> np.ndarray | None:
+    """``image`` with uint8 pixels, or None for a pixel type with no sensible mapping (complex, object, …).
+
+    16-bit pixels keep their high byte, as OpenCV's decoders do (``imread`` of
+    a 16-bit PNG), so a 16-bit camera frame and a 16-bit file of the same
+    picture give the same pixels. Floats in [0, 1] (some decoders) are scaled
+    to 0..255, other floats and integers clipped; NaN becomes 0, bool 0 or 255.
+    """
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        return (image >> 8).astype(np.uint8)
+    if np.issubdtype(image.dtype, np.floating):
+        peak = float(np.nanmax(image, initial=0.0))
+        scaled = image * 255.0 if peak <= 1.0 else image
+        return np.clip(np.nan_to_num(scaled), 0, 255).astype(np.uint8)
+    if image.dtype == np.bool_:
+        return image.astype(np.uint8) * 255
+    if np.issubdtype(image.dtype, np.integer):
+        return np.clip(image, 0, 255).astype(np.uint8)
+    return None
+
+
 def to_gray(image: np.ndarray) -> np.ndarray:
-    """Return a 2-D uint8 grayscale view of a gray, BGR or BGRA image."""
+    """Return a 2-D uint8 grayscale view of a gray, BGR or BGRA image (other pixel types as :func:`to_uint8`)."""
     if image.ndim == 2:
         gray = image
     elif image.ndim == 3 and image.shape[2] == 1:
@@ -36,14 +59,10 @@ def to_gray(image: np.ndarray) -> np.ndarray:
         gray = cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY)
     else:
         raise ValueError(f"unsupported image shape {image.shape}: expected HxW, HxWx1, HxWx3 or HxWx4")
-    if gray.dtype != np.uint8:
-        # Float frames in [0, 1] (some decoders) and 16-bit frames both map onto 0..255.
-        if np.issubdtype(gray.dtype, np.floating) and float(np.nanmax(gray, initial=0.0)) <= 1.0:
-            gray = gray * 255.0
-        elif gray.dtype == np.uint16:
-            gray = gray / 257.0
-        gray = np.clip(gray, 0, 255).astype(np.uint8)
-    return gray
+    converted = to_uint8(gray)
+    if converted is None:
+        raise ValueError(f"unsupported pixel type {gray.dtype}: expected integer, float or bool pixels")
+    return converted
 
 
 def crop_face(gray: np.ndarray, square: Box) -> np.ndarray:

@@ -101,7 +101,7 @@ class WatchModel:
 
 
 def watch(settings: EdgeSettings, device: str | None = None, duration: float = 0.0, out: TextIO = sys.stdout) -> int:
-    from edge.sinks.mqtt_sink import make_client
+    from edge.sinks.mqtt import make_client
 
     model = WatchModel(settings.mqtt.prefix, device)
     client = make_client(settings.mqtt, client_id="")

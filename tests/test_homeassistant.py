@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-from edge import homeassistant
 from edge.labels import EMOTIONS
 from edge.settings import MqttSettings
+from edge.sinks.mqtt import discovery
 
 
 def configs(**settings: object) -> dict[str, dict]:
-    return homeassistant.discovery_configs(MqttSettings(**settings), "pi-1", sw_version="9.9")  # type: ignore[arg-type]
+    return discovery.discovery_configs(MqttSettings(**settings), "pi-1", sw_version="9.9")  # type: ignore[arg-type]
 
 
 def test_one_sensor_per_quantity_under_the_discovery_prefix() -> None:
@@ -20,7 +20,7 @@ def test_one_sensor_per_quantity_under_the_discovery_prefix() -> None:
     expected_ids = ["dominant_emotion", "faces", *(f"share_{e}" for e in EMOTIONS), "fps_processed"]
     assert list(got) == [f"homeassistant/sensor/pi-1/{oid}/config" for oid in expected_ids]
     assert len({c["unique_id"] for c in got.values()}) == len(got)
-    assert homeassistant.removal_topics(MqttSettings(), "pi-1") == list(got)
+    assert discovery.removal_topics(MqttSettings(), "pi-1") == list(got)
 
 
 def test_all_sensors_share_the_device_and_the_availability_topic() -> None:
@@ -32,7 +32,7 @@ def test_all_sensors_share_the_device_and_the_availability_topic() -> None:
     assert device["identifiers"] == ["deepfer_pi-1"] and device["sw_version"] == "9.9" and device["name"] == "DeepFER pi-1"
     assert {c["availability_topic"] for c in got.values()} == {"home/fer/pi-1/availability"}
     assert {(c["payload_available"], c["payload_not_available"]) for c in got.values()} == {("online", "offline")}
-    assert homeassistant.status_topic("ha") == "ha/status"
+    assert discovery.status_topic("ha") == "ha/status"
 
 
 def test_sensors_read_the_right_topic_and_field() -> None:

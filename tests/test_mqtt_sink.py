@@ -20,8 +20,7 @@ from broker import Broker, Subscriber, TlsFiles, make_password_file, mosquitto_p
 from edge.messages import Envelope
 from edge.protocols import Message
 from edge.settings import ConfigError, MqttSettings
-from edge.sinks.event_journal import EventJournal
-from edge.sinks.mqtt_sink import MqttSink, check_broker, journal_file, sequence_file
+from edge.sinks.mqtt import EventJournal, MqttSink, check_broker, journal_file, sequence_file
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
 
@@ -87,7 +86,7 @@ DAEMON = """
 import json, sqlite3, sys, time
 from edge.messages import Envelope
 from edge.settings import MqttSettings
-from edge.sinks.mqtt_sink import MqttSink, journal_file, sequence_file
+from edge.sinks.mqtt import MqttSink, journal_file, sequence_file
 
 settings = MqttSettings(**json.loads(sys.argv[1]))
 mode, n = sys.argv[2], int(sys.argv[3])
@@ -455,7 +454,7 @@ def test_non_event_messages_without_retain_are_queued_like_events(broker: Broker
 def test_journal_rows_match_what_is_queued(tmp_path: Path) -> None:
     # The on-disk queue on its own: atomic add+remove, order by key.
     journal = EventJournal(tmp_path / "q.sqlite3")
-    from edge.sinks.event_journal import StoredEvent
+    from edge.sinks.mqtt.journal import StoredEvent
 
     journal.apply(add=[StoredEvent(k, "events", f"{k}".encode(), 1) for k in (3, 1, 2)])
     journal.apply(remove=[2, 99])
@@ -646,7 +645,7 @@ def test_a_zero_byte_queue_file_is_reported(tmp_path: Path, caplog: pytest.LogCa
 
 @pytest.mark.parametrize("damaged", [[(100, 180), (1500, 1999)], [(1, 35)], [(1, 35), (60, 61)], [(1990, 2000)]])
 def test_salvage_steps_around_every_damaged_range(damaged: list[tuple[int, int]]) -> None:
-    from edge.sinks.event_journal import salvage_rows
+    from edge.sinks.mqtt.journal import salvage_rows
 
     keys = [k for k in range(1, 2001) if k % 7]  # gaps, as acknowledged events leave them
 

@@ -1,4 +1,4 @@
-"""``shrink``/``resize_face``: the fast antialiased downscale stays close to a direct INTER_AREA."""
+"""``shrink``/``resize_face``: the fast antialiased downscale stays close to a direct INTER_AREA; pixel types onto uint8."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.preprocess import resize_face, shrink
+from edge.preprocess import resize_face, shrink, to_gray, to_uint8
+from edge.sources import normalise_image
 
 
 @pytest.fixture(scope="module")
@@ -51,3 +52,23 @@ def test_frame_downscale_for_detection(photo: np.ndarray, size: tuple[int, int])
 def test_colour_frames_keep_their_channels(photo: np.ndarray) -> None:
     bgr = cv2.cvtColor(cv2.resize(photo, (640, 360)), cv2.COLOR_GRAY2BGR)
     assert shrink(bgr, 240, 135).shape == (135, 240, 3)
+
+
+def test_16_bit_frames_read_as_opencv_reads_a_16_bit_file(tmp_path) -> None:
+    deep = np.array([[0, 255, 1992, 32896, 65279, 65280, 65535]], np.uint16)
+    cv2.imwrite(str(tmp_path / "deep.png"), deep)
+    from_file = cv2.imread(str(tmp_path / "deep.png"), cv2.IMREAD_GRAYSCALE)
+    assert from_file.tolist() == [[0, 0, 7, 128, 254, 255, 255]]
+    # The daemon's two ways in, a camera frame through the source and a frame straight to to_gray, agree with it.
+    assert to_gray(deep).tolist() == from_file.tolist()
+    assert to_gray(normalise_image(deep)).tolist() == from_file.tolist()
+
+
+def test_other_pixel_types_map_onto_0_to_255() -> None:
+    assert to_uint8(np.array([0.0, 0.5, 1.0, np.nan], np.float32)).tolist() == [0, 127, 255, 0]
+    assert to_uint8(np.array([-3.0, 80.0, 300.0])).tolist() == [0, 80, 255]  # not a [0, 1] image: clipped
+    assert to_uint8(np.array([-5, 7, 300], np.int32)).tolist() == [0, 7, 255]
+    assert to_uint8(np.array([False, True])).tolist() == [0, 255]
+    assert to_uint8(np.array([1 + 2j])) is None
+    with pytest.raises(ValueError, match="pixel type"):
+        to_gray(np.zeros((2, 2), np.complex64))

@@ -2,36 +2,19 @@
 
 Each sink takes messages through ``publish()`` without blocking the pipeline
 thread and delivers them from a thread of its own. ``create_sinks`` builds the
-enabled ones from the settings; ``SINKS`` maps a sink's name to its factory,
-which imports the sink's module (and its dependencies) only when used.
+enabled ones from the settings, importing each sink's module (and its
+dependencies) only when it is enabled.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from edge.protocols import EventSink, Registry
+from edge.protocols import EventSink
 
 if TYPE_CHECKING:
     from edge.messages import Envelope
     from edge.settings import EdgeSettings
-
-SINKS: Registry[EventSink] = Registry("sink")
-
-
-@SINKS.register("stdout")
-def _stdout_sink(settings: EdgeSettings, envelope: Envelope | None = None) -> EventSink:
-    from edge.sinks.stdout_sink import StdoutSink
-
-    return StdoutSink()
-
-
-@SINKS.register("mqtt")
-def _mqtt_sink(settings: EdgeSettings, envelope: Envelope | None = None, labels: tuple[str, ...] | None = None) -> EventSink:
-    from edge.labels import EMOTIONS
-    from edge.sinks.mqtt_sink import MqttSink
-
-    return MqttSink(settings.mqtt, settings.device_id, envelope, labels or EMOTIONS)
 
 
 def create_sinks(
@@ -41,11 +24,17 @@ def create_sinks(
 
     ``envelope`` is the pipeline's stamping envelope; the MQTT sink checks that
     its sequence numbers persist when its queue does (build it with
-    ``Envelope(device_id, state_file=mqtt_sink.sequence_file(settings.mqtt))``).
+    ``Envelope(device_id, state_file=edge.sinks.mqtt.sequence_file(settings.mqtt))``).
+    ``labels`` are the bundle's, for the Home Assistant sensors.
     """
     sinks: list[EventSink] = []
     if settings.stdout.enabled:
-        sinks.append(SINKS.create("stdout", settings, envelope))
+        from edge.sinks.stdout_sink import StdoutSink
+
+        sinks.append(StdoutSink())
     if settings.mqtt.enabled:
-        sinks.append(SINKS.create("mqtt", settings, envelope, labels))  # labels: the bundle's, for HA sensors
+        from edge.labels import EMOTIONS
+        from edge.sinks.mqtt import MqttSink
+
+        sinks.append(MqttSink(settings.mqtt, settings.device_id, envelope, labels or EMOTIONS))
     return sinks

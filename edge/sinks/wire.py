@@ -1,7 +1,7 @@
-"""How messages look on the wire: full topic names and JSON payload bytes.
+"""How messages look on the wire: topic names, which topics are retained, and JSON payload bytes.
 
-Shared by the sinks and the Home Assistant discovery so that every place
-spells topics and encodes payloads the same way.
+Shared by the envelope, the sinks and the Home Assistant discovery so that
+every place spells topics, retains them and encodes payloads the same way.
 """
 
 from __future__ import annotations
@@ -9,7 +9,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+# Relative topics (under ``{prefix}/{device_id}/``).
+EVENTS = "events"
+STATE = "state"
+STATS = "stats"
 AVAILABILITY = "availability"
+# Latest value wins: a subscriber that arrives later gets the current one from the broker.
+RETAINED_TOPICS = frozenset({STATE, STATS})
+
 ONLINE = "online"
 OFFLINE = "offline"
 

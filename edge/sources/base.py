@@ -10,6 +10,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edge.preprocess import to_uint8
 from edge.protocols import EndOfStream, Frame, FrameSource, Registry, SourceError
 
 log = logging.getLogger(__name__)
@@ -32,19 +33,9 @@ def normalise_image(image: Any) -> np.ndarray | None:
         return None
     if image.ndim == 3 and image.shape[2] not in (1, 3, 4):
         return None
-    if image.dtype != np.uint8:
-        if image.dtype == np.uint16:
-            image = (image >> 8).astype(np.uint8)
-        elif np.issubdtype(image.dtype, np.floating):
-            peak = float(np.nanmax(image, initial=0.0))
-            scaled = image * 255.0 if peak <= 1.0 else image
-            image = np.clip(np.nan_to_num(scaled), 0, 255).astype(np.uint8)
-        elif image.dtype == np.bool_:
-            image = image.astype(np.uint8) * 255
-        elif np.issubdtype(image.dtype, np.integer):
-            image = np.clip(image, 0, 255).astype(np.uint8)
-        else:
-            return None
+    image = to_uint8(image)
+    if image is None:
+        return None
     if image.ndim == 2 or image.shape[2] == 1:
         image = cv2.cvtColor(image.reshape(image.shape[0], image.shape[1]), cv2.COLOR_GRAY2BGR)
     elif image.shape[2] == 4:

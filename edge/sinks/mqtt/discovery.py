@@ -11,9 +11,12 @@ config per sensor under
 
 All share one ``device`` block (identifiers ``deepfer_<device_id>``) and use
 the sink's availability topic, so HA greys them out when the daemon is gone.
-The sink re-sends them when HA announces itself on ``{discovery_prefix}/status``.
-With the option off, the sink publishes empty retained payloads to the same
-topics once per start, which removes entities left over from an earlier run.
+The sink re-sends them when HA announces itself on ``{discovery_prefix}/status``
+(:class:`StatusListener` decides what counts as that). With the option off, the
+sink publishes empty retained payloads to the same topics once per run, which removes
+entities left over from an earlier run (:func:`discovery_messages` gives either).
+
+Pure functions and one small class the sink calls; nothing here imports the sink.
 
 Value templates read these payloads (see ``edge.messages`` for the envelope)::
 
@@ -23,16 +26,22 @@ Value templates read these payloads (see ``edge.messages`` for the envelope)::
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 from edge import __version__
 from edge.labels import EMOTIONS
 from edge.settings import MqttSettings
-from edge.sinks.wire import AVAILABILITY, OFFLINE, ONLINE, device_topic
+from edge.sinks.wire import AVAILABILITY, OFFLINE, ONLINE, STATE, STATS, device_topic, encode_payload
+
+log = logging.getLogger(__name__)
 
 MODEL = "DeepFER edge"
 MANUFACTURER = "DeepFER"
+# Home Assistant's birth message is "online"; anything much longer is not one, and is not even copied.
+HA_STATUS_MAX_BYTES = 64
+_HA_LOG_INTERVAL_S = 60.0
 
 
 def software_version() -> str:
@@ -70,8 +79,8 @@ def discovery_configs(
     sw_version: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Discovery topic → config payload for every sensor, in announcement order."""
-    state = device_topic(settings.prefix, device_id, "state")
-    stats = device_topic(settings.prefix, device_id, "stats")
+    state = device_topic(settings.prefix, device_id, STATE)
+    stats = device_topic(settings.prefix, device_id, STATS)
     common: dict[str, Any] = {
         "availability_topic": device_topic(settings.prefix, device_id, AVAILABILITY),
         "payload_available": ONLINE,
@@ -133,3 +142,45 @@ def discovery_configs(
 def removal_topics(settings: MqttSettings, device_id: str, labels: Sequence[str] = EMOTIONS) -> list[str]:
     """Discovery topics to clear (empty retained payload) when discovery is off."""
     return [discovery_topic(settings.discovery_prefix, device_id, oid) for oid in object_ids(labels)]
+
+
+def discovery_messages(settings: MqttSettings, device_id: str, labels: Sequence[str] = EMOTIONS) -> dict[str, bytes]:
+    """Discovery topic → retained payload: the configs with discovery on; with it off, empty payloads (removals)."""
+    if settings.homeassistant:
+        return {topic: encode_payload(config) for topic, config in discovery_configs(settings, device_id, labels).items()}
+    return {topic: b"" for topic in removal_topics(settings, device_id, labels)}
+
+
+class StatusListener:
+    """Reads what arrives on Home Assistant's status topic: is it HA's birth message (configs due again)?
+
+    Anyone allowed to publish there can send anything, as often as they like:
+    neither the payload's size nor its rate may reach memory or the log
+    unbounded, so oversized payloads are ignored unread and both log lines are
+    rate-limited (the rest go to debug).
+    """
+
+    def __init__(self) -> None:
+        self._logged_at: float | None = None
+        self._ignored = 0
+        self._ignored_logged_at: float | None = None
+
+    def is_birth(self, topic: str, payload: bytes, now: float) -> bool:
+        """Whether ``payload`` on ``topic`` (received at monotonic time ``now``) says HA came online."""
+        if len(payload) > HA_STATUS_MAX_BYTES:
+            self._ignored += 1
+            if self._ignored_logged_at is None or now - self._ignored_logged_at >= _HA_LOG_INTERVAL_S:
+                log.warning(
+                    "MQTT: ignored a %d-byte message on %s (Home Assistant sends 'online'; %d ignored so far)",
+                    len(payload), topic, self._ignored,
+                )
+                self._ignored_logged_at = now
+            return False
+        if payload.strip().lower() != ONLINE.encode():
+            return False
+        if self._logged_at is None or now - self._logged_at >= _HA_LOG_INTERVAL_S:
+            log.info("MQTT: Home Assistant came online; announcing the device again")
+            self._logged_at = now
+        else:
+            log.debug("MQTT: Home Assistant came online again; announcing the device again")
+        return True

@@ -1,4 +1,8 @@
-"""On-disk queue of events the broker has not acknowledged yet (SQLite, standard library).
+"""On-disk queue of events the broker has not acknowledged yet (SQLite, standard library), and where it lives.
+
+With ``mqtt.persist`` the queue is ``{state_dir}/mqtt-events.sqlite3``
+(:func:`journal_file`) and the envelope's ``seq`` counters are kept next to it
+(:func:`sequence_file`), so that numbers keep rising across restarts.
 
 Why SQLite rather than a hand-written append-only file: every change is one
 atomic transaction, so a ``kill -9`` or a power cut in the middle of a write
@@ -31,6 +35,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.settings import ConfigError, MqttSettings
+
 log = logging.getLogger(__name__)
 
 _SCHEMA = """
@@ -45,6 +51,19 @@ CREATE TABLE IF NOT EXISTS events (
 
 Row = tuple[int, str, bytes, int]
 _MAX_KEY = 2**63 - 1  # SQLite's largest rowid
+
+
+def sequence_file(settings: MqttSettings) -> Path | None:
+    """Where the Envelope should keep its ``seq`` counters: in ``state_dir`` when events persist, else None.
+
+    Persisted events outlive the daemon; their ``seq`` must keep rising across
+    restarts too, or subscribers would see old numbers again.
+    """
+    return settings.state_dir / "sequence.json" if settings.persist else None
+
+
+def journal_file(settings: MqttSettings) -> Path:
+    return settings.state_dir / "mqtt-events.sqlite3"
 
 
 def payload_problem(topic: str, payload: bytes, qos: int) -> str | None:
@@ -122,6 +141,20 @@ class StoredEvent:
     topic: str  # relative topic, e.g. "events"
     payload: bytes
     qos: int
+
+
+def highest_seqs(stored: list[StoredEvent]) -> dict[str, int]:
+    """Relative topic -> the highest envelope ``seq`` among the stored events (payloads without one are passed over)."""
+    out: dict[str, int] = {}
+    for event in stored:
+        try:
+            body = json.loads(event.payload)
+        except ValueError:
+            continue
+        seq = body.get("seq") if isinstance(body, dict) else None
+        if isinstance(seq, int) and seq > out.get(event.topic, 0):
+            out[event.topic] = seq
+    return out
 
 
 class EventJournal:
@@ -205,6 +238,19 @@ class EventJournal:
             if remove:
                 self._db.executemany("DELETE FROM events WHERE key = ?", [(k,) for k in remove])
 
+    def store(self, add: Iterable[StoredEvent] = (), remove: Iterable[int] = ()) -> str | None:
+        """:meth:`apply`, saying what went wrong instead of raising: None, or the sentence for the log.
+
+        A full disk or a card gone must not stop delivery: the sink keeps the
+        events in memory then (and acknowledged ones left on disk are merely
+        sent again after a restart: at-least-once).
+        """
+        try:
+            self.apply(add, remove)
+        except (sqlite3.Error, OSError) as exc:
+            return f"cannot write the event queue {self.path} ({exc}); events are kept in memory only"
+        return None
+
     def count(self) -> int:
         (n,) = self._db.execute("SELECT count(*) FROM events").fetchone()
         return int(n)
@@ -214,6 +260,19 @@ class EventJournal:
             self._db.close()
         except sqlite3.Error as exc:
             log.debug("closing %s: %s", self.path, exc)
+
+
+def open_journal(settings: MqttSettings) -> tuple[EventJournal, list[StoredEvent]]:
+    """The journal at :func:`journal_file` and the events it kept; ConfigError when ``state_dir`` is unusable."""
+    path = journal_file(settings)
+    try:
+        journal = EventJournal(path)
+        return journal, journal.load()
+    except (sqlite3.Error, OSError) as exc:  # a state_dir a person must fix
+        raise ConfigError(
+            f"mqtt.persist is on but the event queue {path} cannot be opened ({exc}); "
+            "set mqtt.state_dir to a writable directory (systemd: StateDirectory=deepfer)"
+        ) from None
 
 
 def _salvage(path: Path) -> list[Row]:

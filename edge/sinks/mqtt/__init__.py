@@ -1,0 +1,20 @@
+"""The MQTT sink, one module per job (the sink itself is :mod:`edge.sinks.mqtt.sink`).
+
+- ``client``: the paho client built from the settings, ``check_broker`` and the
+  sentences that say why a connection failed (also used by ``check`` and ``watch``);
+- ``outbox``: the delivery queue and its rules, pure (no paho, threads or I/O);
+- ``journal``: the on-disk queue (``mqtt.persist``) and the sequence file's place;
+- ``discovery``: Home Assistant discovery, pure functions the sink calls;
+- ``sink``: ``MqttSink``, its sender thread and the paho callbacks, composing the above.
+
+The dependencies point one way: ``sink`` uses the others; none of them imports ``sink``.
+"""
+
+from edge.sinks.mqtt.client import check_broker, make_client, read_password
+from edge.sinks.mqtt.journal import EventJournal, StoredEvent, journal_file, sequence_file
+from edge.sinks.mqtt.sink import MqttSink
+
+__all__ = [
+    "EventJournal", "MqttSink", "StoredEvent", "check_broker", "journal_file", "make_client", "read_password",
+    "sequence_file",
+]
