@@ -41,9 +41,11 @@ def to_uint8(image: np.ndarray) -> np.ndarray | None:
         scaled = image * 255.0 if peak <= 1.0 else image
         return np.clip(np.nan_to_num(scaled), 0, 255).astype(np.uint8)
     if image.dtype == np.bool_:
-        return image.astype(np.uint8) * 255
+        out: np.ndarray = image.astype(np.uint8) * 255
+        return out
     if np.issubdtype(image.dtype, np.integer):
-        return np.clip(image, 0, 255).astype(np.uint8)
+        clipped: np.ndarray = np.clip(image, 0, 255).astype(np.uint8)
+        return clipped
     return None
 
 

@@ -48,7 +48,7 @@ class WatchModel:
         self.devices: dict[str, DeviceView] = {}
         self.lock = threading.Lock()
 
-    def feed(self, topic: str, raw: bytes) -> None:
+    def feed(self, topic: str, raw: bytes | bytearray) -> None:
         parts = topic.split("/")
         if len(parts) != 3 or parts[0] != self.prefix:
             return

@@ -226,7 +226,7 @@ class Broker:
                 certfile=str(self.tls.client_cert) if self.require_certificate else None,
                 keyfile=str(self.tls.client_key) if self.require_certificate else None,
             )
-        client.reconnect_delay_set(0.1, 0.5)  # type: ignore[arg-type]
+        client.reconnect_delay_set(0.1, 0.5)
         return client
 
     def publish(self, topic: str, payload: bytes | str, retain: bool = False, qos: int = 1, **auth: str) -> None:

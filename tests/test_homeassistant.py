@@ -12,7 +12,7 @@ from edge.sinks.mqtt import discovery
 
 
 def configs(**settings: object) -> dict[str, dict]:
-    return discovery.discovery_configs(MqttSettings(**settings), "pi-1", sw_version="9.9")  # type: ignore[arg-type]
+    return discovery.discovery_configs(MqttSettings(**settings), "pi-1", sw_version="9.9")
 
 
 def test_one_sensor_per_quantity_under_the_discovery_prefix() -> None:

@@ -111,4 +111,4 @@ def test_create_sinks_builds_the_enabled_ones() -> None:
     assert create_sinks(EdgeSettings(device_id="dev")) == []
     sinks = create_sinks(EdgeSettings(device_id="dev", stdout={"enabled": True}, mqtt={"enabled": True, "host": "127.0.0.1"}))
     assert [type(s) for s in sinks] == [StdoutSink, MqttSink]
-    assert sinks[1].availability_topic == "deepfer/dev/availability"  # type: ignore[attr-defined]
+    assert sinks[1].availability_topic == "deepfer/dev/availability"

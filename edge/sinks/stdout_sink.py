@@ -22,6 +22,7 @@ sink).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -86,10 +87,8 @@ class StdoutSink:
     def stop(self, timeout: float = 5.0) -> None:
         if self._thread is None:
             return
-        try:
+        with contextlib.suppress(queue.Full):  # the writer is stuck on a blocked pipe; a daemon thread, it dies with the process
             self._queue.put(_STOP, timeout=timeout)
-        except queue.Full:
-            pass  # the writer is stuck on a blocked pipe; it is a daemon thread and dies with the process
         self._thread.join(timeout)
         self._thread = None
 

@@ -9,6 +9,7 @@ same sentences when a connection fails, so ``check`` and the daemon's log agree.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import ssl
@@ -276,11 +277,10 @@ def check_broker(settings: MqttSettings, timeout: float = 5.0) -> str | None:
     deadline = time.monotonic() + timeout
     try:
         while "reason" not in result and time.monotonic() < deadline:
-            if client.loop(timeout=0.1) not in (MQTTErrorCode.MQTT_ERR_SUCCESS,):
-                if "reason" not in result:
-                    if socket_errors.last:
-                        return describe_receive_error(socket_errors.last, settings)
-                    return describe_early_close(settings)
+            if client.loop(timeout=0.1) is not MQTTErrorCode.MQTT_ERR_SUCCESS and "reason" not in result:
+                if socket_errors.last:
+                    return describe_receive_error(socket_errors.last, settings)
+                return describe_early_close(settings)
         reason = result.get("reason")
         if reason is None:
             return describe_no_answer(settings, timeout)
@@ -288,7 +288,5 @@ def check_broker(settings: MqttSettings, timeout: float = 5.0) -> str | None:
             return describe_refusal(reason, settings)
         return None
     finally:
-        try:
+        with contextlib.suppress(Exception):  # the connection may be gone already; nothing to clean up then
             client.disconnect()
-        except Exception:  # the connection may be gone already; nothing to clean up then
-            pass

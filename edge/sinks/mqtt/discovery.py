@@ -165,7 +165,7 @@ class StatusListener:
         self._ignored = 0
         self._ignored_logged_at: float | None = None
 
-    def is_birth(self, topic: str, payload: bytes, now: float) -> bool:
+    def is_birth(self, topic: str, payload: bytes | bytearray, now: float) -> bool:
         """Whether ``payload`` on ``topic`` (received at monotonic time ``now``) says HA came online."""
         if len(payload) > HA_STATUS_MAX_BYTES:
             self._ignored += 1

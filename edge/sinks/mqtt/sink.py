@@ -62,8 +62,15 @@ from edge.labels import EMOTIONS
 from edge.protocols import Message
 from edge.settings import MqttSettings
 from edge.sinks.mqtt import discovery
-from edge.sinks.mqtt.client import (SocketErrors, describe_early_close, describe_exception, describe_no_answer,
-                                    describe_receive_error, describe_refusal, make_client)
+from edge.sinks.mqtt.client import (
+    SocketErrors,
+    describe_early_close,
+    describe_exception,
+    describe_no_answer,
+    describe_receive_error,
+    describe_refusal,
+    make_client,
+)
 from edge.sinks.mqtt.journal import EventJournal, StoredEvent, highest_seqs, open_journal
 from edge.sinks.mqtt.outbox import Outbox, QueuedEvent
 from edge.sinks.wire import AVAILABILITY, EVENTS, OFFLINE, ONLINE, device_topic, encode_payload
@@ -80,7 +87,7 @@ class MqttSink:
     """Publishes to ``{prefix}/{device_id}/…``; see the module docstring for the delivery rules."""
 
     name = "mqtt"
-    on_closed = None  # a broker that goes away comes back: the outbox keeps the events meanwhile
+    on_closed: Callable[[], None] | None = None  # a broker that goes away comes back: the outbox keeps the events meanwhile
 
     def __init__(
         self,
