@@ -1,4 +1,4 @@
-/* Stand-ins for the Coral runtime libedgetpu.so.1, for tests/test_edgetpu_probe.py.
+/* Stand-ins for the Coral runtime libedgetpu.so.1, for tests/integration/test_edgetpu_probe.py.
  *
  * Compile one behaviour with -DSTANDIN_<NAME>:
  *   SEGV      the constructor raises SIGSEGV while the library is loaded, as a

@@ -26,7 +26,7 @@ from edge.sinks.mqtt import EventJournal, MqttSink, check_broker, journal_file, 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
 
 DEVICE = "dev"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EVENTS = f"deepfer/{DEVICE}/events"
 STATE = f"deepfer/{DEVICE}/state"
 STATS = f"deepfer/{DEVICE}/stats"

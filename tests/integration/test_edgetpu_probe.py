@@ -21,7 +21,7 @@ import pytest
 
 from edge.edgetpu_probe import PROBE_TIMEOUT_S, probe, runtime_version
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STANDIN_SRC = REPO / "tests" / "standins" / "libedgetpu_standin.c"
 SHIPPED = REPO / "edge" / "models" / "deepfer_fernet_int8.tflite"
 EX_UNAVAILABLE = 69

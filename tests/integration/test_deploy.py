@@ -24,7 +24,7 @@ import pytest
 
 from edge.settings import EdgeSettings, load_settings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "deepfer-edge.service"
 INSTALL = REPO / "deploy" / "install.sh"
 ARM64_CHECK = REPO / "tools" / "arm64_check.sh"

@@ -20,7 +20,7 @@ from media import face_file
 
 from edge.sources import DemoSource, VideoFileSource
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 WOMAN2_S = 15.47  # fer_pkg/woman2.mp4: 464 frames at 29.97 fps
 
 

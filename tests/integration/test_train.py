@@ -27,7 +27,7 @@ from train.cli import main
 from train.data import FaceSet, load
 from train.evaluate import compute_metrics, expected_calibration_error
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 RECIPE_TOML = """\
 # Tiny and easy to learn: no geometric augmentation (it would blur the orientations),
@@ -103,7 +103,7 @@ def without_train_extra(*args: str, tmp_path: Path) -> subprocess.CompletedProce
 def test_train_tests_skip_with_a_reason_without_the_train_extra(tmp_path: Path) -> None:
     names = ["test_learning_rate_schedules", "test_batchnorm_update_is_the_plain_mean_over_batches",
              "test_mixup_blends_faces_targets_and_weights_by_one_share_each"]
-    r = without_train_extra("pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/test_train.py", "-k", " or ".join(names),
+    r = without_train_extra("pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/integration/test_train.py", "-k", " or ".join(names),
                             tmp_path=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "3 skipped" in r.stdout and "failed" not in r.stdout, r.stdout
@@ -419,7 +419,7 @@ def test_teacher_targets_must_match_the_training_rows(tmp_path: Path) -> None:
 
 
 def test_ferplus_vote_targets_in_fer2013_order(tmp_path: Path) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
     import ferplus_targets
 
     from train.data import DataError, with_teacher
@@ -452,7 +452,7 @@ def test_ferplus_vote_targets_in_fer2013_order(tmp_path: Path) -> None:
 def test_the_shipped_recipe_file_trains_from_scratch_on_train_npz_alone() -> None:
     from train.cli import build_parser, recipe_from_args
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     args = build_parser().parse_args(["fit", "--recipe", str(root / "train" / "recipes" / "fernet.toml"), "--out", "runs/x"])
     recipe = recipe_from_args(args)
     assert recipe.arch == "fernet" and recipe.init_from == ""
@@ -463,7 +463,7 @@ def test_the_shipped_recipe_file_trains_from_scratch_on_train_npz_alone() -> Non
 @pytest.mark.train
 def test_teacher_targets_tool_then_a_distilled_fit(bundle: SimpleNamespace, synthetic: SimpleNamespace,
                                                   tmp_path: Path) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
     import teacher_targets
 
     out = tmp_path / "teacher.npz"

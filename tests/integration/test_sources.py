@@ -181,7 +181,7 @@ def test_normalise_image_values() -> None:
 # Demo -----------------------------------------------------------------------------------------------------------------
 
 def test_demo_asset_is_a_small_real_photo() -> None:
-    asset = Path(__file__).resolve().parents[1] / "edge" / "assets" / FACE_ASSET
+    asset = Path(__file__).resolve().parents[2] / "edge" / "assets" / FACE_ASSET
     assert 3_000 < asset.stat().st_size < 30_000
     image = cv2.imread(str(asset))
     assert image is not None and 160 <= max(image.shape[:2]) <= 200

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from broker import Subscriber, read_retained
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared"
 CLIP = SHARED / "data" / "faces" / "pyfeat" / "single_face.mp4"
 needs_clip = pytest.mark.skipif(not CLIP.exists(), reason=f"{CLIP} is absent (the ../shared data folder is not beside the checkout)")

@@ -20,7 +20,7 @@ from edge.sinks import create_sinks
 from edge.sinks.mqtt import MqttSink
 from edge.sinks.stdout_sink import StdoutSink
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_each_message_is_one_json_line_with_topic_and_payload() -> None:

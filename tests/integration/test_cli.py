@@ -19,7 +19,7 @@ import edge
 from edge.cli import main
 from edge.settings import EdgeSettings, load_settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_JSON = ROOT / "edge" / "models" / "deepfer_fernet_int8.json"
 # Lines the daemon itself writes to stderr: its log format, or "deepfer-edge: …" for settings errors.
 OWN_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (DEBUG|INFO|WARNING|ERROR) |deepfer-edge: )")
@@ -157,7 +157,7 @@ def test_the_package_has_one_version_source() -> None:
     import tomllib
     from importlib import metadata
 
-    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
     assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
     assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "edge.__version__"}
     assert metadata.version("deepfer") == edge.__version__  # what pip installed says the same

@@ -23,7 +23,7 @@ from edge.preprocess import Box, CropGeometry, crop_square
 from edge.protocols import Frame
 from edge.settings import DetectorSettings, EdgeSettings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FER = REPO.parent / "shared" / "data" / "fer2013"
 
 

@@ -145,7 +145,7 @@ def test_npz_bad_shapes_and_labels(tmp_path: Path) -> None:
 
 
 def test_real_fer2013_val_loads() -> None:
-    val = Path(__file__).resolve().parents[2] / "shared" / "data" / "fer2013" / "val.npz"
+    val = Path(__file__).resolve().parents[3] / "shared" / "data" / "fer2013" / "val.npz"
     if not val.is_file():
         pytest.skip(f"{val} is absent (the shared FER2013 arrays sit beside the checkout)")
     data = load(val, "val")

@@ -29,7 +29,7 @@ from edge.labels import EMOTIONS
 from edge.preprocess import DEFAULT_CROP_MARGIN, Box, CropGeometry, crop_square, frame_face_tensor, to_gray
 from train.data import load_folder
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED = Path(__file__).resolve().parents[3] / "shared"
 FACES = SHARED / "data" / "faces"
 YUNET = SHARED / "models" / "face_detection_yunet_2023mar.onnx"
 FER_VAL = SHARED / "data" / "fer2013" / "val.npz"
