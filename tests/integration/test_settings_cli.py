@@ -1,4 +1,4 @@
-"""Settings tree: precedence TOML < environment < flags, clear errors, exit code 78, secrets."""
+"""Settings through the command line: exit code 78 with one line, secrets never shown, --help without optional dependencies."""
 
 import logging
 import re
