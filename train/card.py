@@ -67,6 +67,8 @@ def model_card(
     latency_ms: float | None = None,
     agreement: float | None = None,
     bundle: dict[str, Any] | None = None,
+    training_time: tuple[int, float] | None = None,
+    host: str = "",
 ) -> str:
     """Markdown model card. ``metrics`` maps a model kind (e.g. ``keras-float``,
     ``tflite-int8``) to full metrics from :func:`train.evaluate.compute_metrics`;
@@ -114,7 +116,12 @@ def model_card(
             this_run = int(trained.get("epoch") or recipe.get("epochs", 0))
             total = f" ({before} epochs before this run, {before + this_run} in all)" if before else ""
             out.append(f"| warm start | weights of {warm.get('from')}{total} |")
-        # Free-text provenance a run's recipe carries in "extra" (e.g. how its float model was recovered).
+        if training_time is not None:
+            n, seconds = training_time
+            hours, minutes = divmod(round(seconds / 60), 60)
+            took = f"{hours} h {minutes:02d} min" if hours else f"{minutes} min"
+            out.append(f"| training time | {n} epochs in {took}" + (f" on {host}" if host else "") + " |")
+        # Free-text provenance a run's recipe carries in "extra" (e.g. the command, how its float model was recovered).
         out += [f"| {k.replace('_', ' ')} | {v} |" for k, v in (recipe.get("extra") or {}).items() if isinstance(v, str)]
         out.append("")
     out += ["## Metrics", "", "| model | n | top-1 | top-2 | macro-F1 | weighted-F1 | ECE (15 bins) |", "|---|---|---|---|---|---|---|"]
@@ -152,7 +159,8 @@ def model_card(
 
 
 def write_bundle_card(folder: Path, meta: dict[str, Any], metrics: dict[str, dict[str, Any]],
-                      agreement: float | None, history: Path | None) -> Path:
+                      agreement: float | None, history: Path | None,
+                      training_time: tuple[int, float] | None = None, host: str = "") -> Path:
     """``NAME.md`` for the bundle whose JSON document is ``meta``, with its confusion matrix (of the
     exported model, the last kind in ``metrics``) and, when the run has a ``history``, its
     training curves, all written into ``folder``."""
@@ -174,6 +182,8 @@ def write_bundle_card(folder: Path, meta: dict[str, Any], metrics: dict[str, dic
         latency_ms=meta.get("latency_ms_per_face"),
         agreement=agreement,
         bundle=meta,
+        training_time=training_time,
+        host=host,
     )
     path = folder / f"{name}.md"
     path.write_text(card)

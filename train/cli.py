@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         recipe = Recipe()
     else:
         recipe = recipe_from_args(args)
+        # The card names the command that made the model (the recipe alone omits the run folder).
+        recipe.extra.setdefault("command", "deepfer-train " + shlex.join(args.argv))
         # Fail before TensorFlow starts (seconds) rather than after.
         from train.data import FERPLUS_TEACHER, DataError
 
@@ -258,6 +261,7 @@ COMMANDS = {"fit": cmd_fit, "evaluate": cmd_evaluate, "export": cmd_export}
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # TensorFlow's C++ start-up chatter (CPU features, oneDNN) buries the useful lines.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -38,7 +38,7 @@ from train.calibration import as_nhwc
 from train.data import FaceSet
 from train.errors import ExportError
 from train.graph import for_export, prior_shift
-from train.runs import history_csv, resolve_model, run_recipe, trained_epochs
+from train.runs import history_csv, resolve_model, run_recipe, trained_epochs, training_time
 from train.tflite import LATENCY_RUNS, check_integer_only, compile_edgetpu, convert, measure_latency
 
 __all__ = ["ExportError", "ExportOptions", "export", "read_crop_geometry"]
@@ -202,7 +202,8 @@ def export(
         if opts.report and comparison is not None:
             from train.card import write_bundle_card
 
-            write_bundle_card(staging, bundle.meta, comparison.metrics, comparison.agreement, history_csv(model_path))
+            write_bundle_card(staging, bundle.meta, comparison.metrics, comparison.agreement, history_csv(model_path),
+                              training_time(model_path), _host())
         del clf  # release the interpreter's mapping of the file before moving it
         for f in sorted(staging.iterdir()):
             if f.is_file():

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
@@ -328,6 +329,24 @@ class EpochSummary:
         return _Summary()
 
 
+class EpochClock:
+    """Each epoch's wall time into the run's timing.json, so the model card can say how long training took."""
+
+    def __new__(cls, run: Path, stage: str):
+        import keras
+
+        from train.runs import record_epoch_time
+
+        class _Clock(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.started = time.monotonic()
+
+            def on_epoch_end(self, epoch, logs=None):
+                record_epoch_time(run, stage, epoch, time.monotonic() - self.started)
+
+        return _Clock()
+
+
 def _run_stage(model, recipe: Recipe, run: Path, stage: str, epochs: int, lr: float, ds_train, ds_val, verbose: int,
                bn_batches: list | None = None):
     import keras
@@ -345,6 +364,7 @@ def _run_stage(model, recipe: Recipe, run: Path, stage: str, epochs: int, lr: fl
         ),
         keras.callbacks.CSVLogger(str(run / HISTORY), append=True),
         EpochSummary(stage),
+        EpochClock(run, stage),
     ]
     if recipe.swa_epochs and stage != "head":
         from train import swa

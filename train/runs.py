@@ -38,6 +38,29 @@ def run_recipe(model_path: Path) -> dict[str, Any]:
     return json.loads(recipe.read_text()) if recipe.is_file() else {}
 
 
+TIMING = "timing.json"
+
+
+def record_epoch_time(run: Path, stage: str, epoch: int, seconds: float) -> None:
+    """Note how long one epoch took; an epoch run again after --resume replaces its first try."""
+    path = run / TIMING
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data.setdefault(stage, {})[str(epoch)] = round(seconds, 1)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def training_time(model_path: Path) -> tuple[int, float] | None:
+    """(epochs, seconds) the run a model file sits in spent training, or None when it kept no timing."""
+    path = Path(model_path).parent / TIMING
+    if not path.is_file():
+        return None
+    stages = json.loads(path.read_text()).values()
+    times = [float(s) for stage in stages for s in stage.values()]
+    return len(times), sum(times)
+
+
 def history_csv(model_path: Path) -> Path | None:
     """The ``history.csv`` of the run a model file sits in, or None when it stands alone."""
     path = Path(model_path).parent / HISTORY

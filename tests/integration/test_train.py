@@ -179,6 +179,16 @@ def test_fit_recipe_precedence(trained: SimpleNamespace, synthetic: SimpleNamesp
     assert r["width"] == 0.25 and r["bn_momentum"] == 0.5 and r["flip"] is False  # ...which beats the defaults
     assert r["label_smoothing"] == 0.1  # untouched default
     assert r["data"] == str(synthetic.folder) and r["val_data"] == str(synthetic.val_npz)
+    assert r["extra"]["command"].startswith("deepfer-train fit --data ") and "--epochs 2" in r["extra"]["command"]
+
+
+@pytest.mark.train
+def test_the_card_says_how_long_training_took_and_with_which_command(trained: SimpleNamespace, bundle: SimpleNamespace) -> None:
+    timing = json.loads((trained.run / "timing.json").read_text())
+    assert sorted(timing["train"], key=int) == ["0", "1", "2", "3"]  # resumed epochs add to the first ones
+    card = (bundle.out / "tiny_int8.md").read_text()
+    assert re.search(r"\| training time \| 4 epochs in \d+ min on .+CPUs \|", card), card
+    assert "| command | deepfer-train fit --data " in card
 
 
 @pytest.mark.train
