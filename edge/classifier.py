@@ -24,7 +24,7 @@ from edge.edgetpu_probe import EDGETPU_LIB, AcceleratorUnavailable
 from edge.edgetpu_probe import RUNTIMES as PROBE_RUNTIMES
 from edge.edgetpu_probe import probe as probe_edgetpu
 from edge.preprocess import Box, frame_face_tensor
-from edge.protocols import MissingExtra, Registry
+from edge.protocols import MissingExtra
 from edge.quant import QuantParams, dequantize, quantize, softmax
 from edge.settings import ClassifierSettings
 
@@ -102,10 +102,6 @@ def without_runtime_banner() -> Iterator[None]:
             pass_on_stderr(tmp.read())
 
 
-CLASSIFIERS: Registry[TFLiteClassifier] = Registry("classifier")
-
-
-@CLASSIFIERS.register("tflite")
 class TFLiteClassifier:
     """Classifies face boxes in a grayscale frame; one interpreter, faces run one by one.
 
@@ -223,4 +219,5 @@ class TFLiteClassifier:
 
 
 def create_classifier(bundle: ModelBundle, settings: ClassifierSettings) -> TFLiteClassifier:
-    return CLASSIFIERS.create("tflite", bundle, settings)
+    # One backend: the Edge TPU is a delegate of the same interpreter, not a classifier of its own.
+    return TFLiteClassifier(bundle, settings)

@@ -18,10 +18,7 @@ entities left over from an earlier run (:func:`discovery_messages` gives either)
 
 Pure functions and one small class the sink calls; nothing here imports the sink.
 
-Value templates read these payloads (see ``edge.messages`` for the envelope)::
-
-    state: {"faces": 1, "dominant": "happy", "shares": {"happy": 0.8, …}, "mean_scores": {…}, "frames": 75, "window_s": 5.0}
-    stats: {"fps": {"in": 15.0, "processed": 14.8, "dropped": 0.2}, "latency_ms": {…}, "backend": "cpu", …}
+The value templates read the ``state`` and ``stats`` payloads specified in docs/mqtt.md.
 """
 
 from __future__ import annotations

@@ -1,36 +1,8 @@
 """MQTT sink: publishes the pipeline's messages to a broker (paho-mqtt 2.x) and survives outages.
 
-Topics are ``{prefix}/{device_id}/{topic}``:
-
-- ``events`` (QoS ``mqtt.qos``, not retained): every event is kept in a
-  bounded queue (``mqtt.queue_size``) until the broker acknowledged it
-  (PUBACK/PUBCOMP, i.e. ``on_publish`` for its message id) and is delivered
-  in order after a reconnect. When the bound is reached the OLDEST event is
-  dropped and counted (``dropped_events``). With ``mqtt.persist`` the queue
-  lives in ``{state_dir}/mqtt-events.sqlite3`` (see ``journal``), so a
-  daemon restart or ``kill -9`` during an outage loses nothing that reached
-  the disk (the window is the few milliseconds between ``publish()`` and the
-  sender thread's commit).
-- ``state``, ``stats`` (retained, QoS 1): latest value wins; only the newest
-  of each is kept, and it is re-published after every reconnect (a broker
-  without persistence forgets retained messages when it restarts).
-- ``availability`` (owned by this sink; messages for it are ignored):
-  retained plain ``online`` after each (re)connect, sent after the latest
-  state and stats; the last will is ``offline`` (retained, QoS 1). A clean
-  ``stop()`` first waits (within its timeout, while connected) for the queued
-  events to be acknowledged, then publishes ``offline`` and disconnects.
-- other topics: retained messages are latest-value like state; the rest are
-  queued like events (at their own QoS).
-- Home Assistant discovery configs when ``mqtt.homeassistant`` is on (see
-  ``discovery``), before ``online``; re-sent when HA announces itself.
-
-Delivery is AT-LEAST-ONCE: an event whose acknowledgement was lost with the
-connection (or whose ack had not been recorded on disk when the daemon died)
-is sent again, so subscribers may see a ``seq`` twice and should de-duplicate
-on it. Events are never reordered: after a reconnect the unacknowledged ones
-are re-sent first. (Paho's own store of unacknowledged messages is dropped on
-reconnect, ``Client.drop_out_messages``, so that this sink's queue is the one
-source of truth and paho's internal queue stays bounded by the send window.)
+What goes to which topic, retained or not, and the delivery rules (kept until
+acknowledged, in order, at least once, oldest dropped when the queue is full)
+are specified once, in docs/mqtt.md; the outbox (``outbox``) implements them.
 
 Threads: ``publish()`` runs on the pipeline thread and only encodes the payload
 and appends to in-memory structures under a lock that no other thread holds
