@@ -17,7 +17,6 @@ import typing
 import unicodedata
 from collections.abc import Mapping
 from contextvars import ContextVar
-from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -334,10 +333,10 @@ _config_file: ContextVar[Path | None] = ContextVar("deepfer_config_file", defaul
 
 
 class _ConfigFile(TomlConfigSettingsSource):
-    """pydantic-settings' TOML source, reading through read_toml for its one-line errors."""
+    """pydantic-settings' TOML source, reading through read_toml: a missing or broken file is one line, not skipped."""
 
-    def _read_file(self, file_path: Path | Traversable) -> dict[str, Any]:
-        return read_toml(Path(str(file_path)))
+    def _read_files(self, files: Any, deep_merge: bool = False) -> dict[str, Any]:
+        return read_toml(Path(str(files))) if files is not None else {}
 
 
 def _holds_secret(annotation: Any) -> bool:
@@ -383,8 +382,6 @@ def format_validation_error(exc: ValidationError, origin: str) -> str:
 
 def load_settings(config: Path | None = None, overrides: dict[str, Any] | None = None) -> EdgeSettings:
     """Build the settings from a TOML file, the environment and CLI overrides (in rising precedence)."""
-    if config is not None:
-        read_toml(config)  # a missing or broken file is named before any setting is judged
     check_environment(os.environ)
     origin = ", ".join(filter(None, [str(config) if config else "", "DEEPFER_* environment", "command line"]))
     token = _config_file.set(config)
