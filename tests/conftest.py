@@ -36,6 +36,23 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.skip(f"needs the [train] extra: {name} is not installed (pip install 'deepfer[train]')")
 
 
+@pytest.fixture
+def clean_deepfer_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No DEEPFER_* variable of the caller's shell leaks into settings tests."""
+    import os
+
+    for k in list(os.environ):
+        if k.startswith("DEEPFER_"):
+            monkeypatch.delenv(k)
+
+
+def write_toml(folder: Path, text: str) -> Path:
+    """An edge.toml holding ``text`` in ``folder``."""
+    path = folder / "edge.toml"
+    path.write_text(text)
+    return path
+
+
 @pytest.fixture(scope="session")
 def mosquitto_bin() -> str:
     binary = mosquitto_binary()

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import write_toml as write
 
 from edge.cli import main
 from edge.settings import ConfigError, load_settings
@@ -14,19 +15,7 @@ from edge.settings import ConfigError, load_settings
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    import os
-
-    for k in list(os.environ):
-        if k.startswith("DEEPFER_"):
-            monkeypatch.delenv(k)
-
-
-def write(tmp_path, text):
-    p = tmp_path / "edge.toml"
-    p.write_text(text)
-    return p
+pytestmark = pytest.mark.usefixtures("clean_deepfer_env")
 
 
 def test_config_errors_exit_78(tmp_path, capsys):

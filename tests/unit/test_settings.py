@@ -3,24 +3,12 @@
 import re
 
 import pytest
+from conftest import write_toml as write
 
 from edge.cli import build_parser, overrides_from_args
 from edge.settings import ConfigError, load_settings
 
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    import os
-
-    for k in list(os.environ):
-        if k.startswith("DEEPFER_"):
-            monkeypatch.delenv(k)
-
-
-def write(tmp_path, text):
-    p = tmp_path / "edge.toml"
-    p.write_text(text)
-    return p
+pytestmark = pytest.mark.usefixtures("clean_deepfer_env")
 
 
 def test_defaults():
