@@ -17,6 +17,7 @@ from edge.messages import Envelope
 from edge.metrics import Metrics
 from edge.protocols import Frame, Message
 from edge.settings import EventsSettings
+from edge.sinks import wire
 from edge.tracker import Track, TrackEvent
 
 
@@ -117,7 +118,7 @@ class Aggregator:
             body["media_time_s"] = round(event.at, 3)  # where in the recording it happened
         if frame is not None and frame.file is not None:
             body["file"] = frame.file
-        return self.envelope.message("events", body, qos=self.event_qos)
+        return self.envelope.message(wire.EVENTS, body, qos=self.event_qos)
 
     def state_message(self, now: float) -> Message:
         start = now if self._window_start is None else self._window_start
@@ -136,7 +137,7 @@ class Aggregator:
         }
         self._window_start = now
         self._reset_window()
-        return self.envelope.message("state", body)
+        return self.envelope.message(wire.STATE, body)
 
     def stats_message(self, now: float) -> Message:
         span = max(now - (now if self._stats_start is None else self._stats_start), 1e-9)
@@ -160,4 +161,4 @@ class Aggregator:
             body["sinks"] = dict(self.status_provider())
         self._stats_marks = (self._frames_in_total, self._processed_total, self._dropped_total)
         self._stats_start = now
-        return self.envelope.message("stats", body)
+        return self.envelope.message(wire.STATS, body)

@@ -32,6 +32,7 @@ from edge.annotate import Label, draw
 from edge.preprocess import crop_square, to_gray
 from edge.protocols import Frame, Message, SourceError
 from edge.settings import EdgeSettings
+from edge.sinks import wire
 from edge.tracker import Track
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ class TimelineSink:
 
     def publish(self, message: Message) -> None:
         e = message.payload
-        if message.topic != "events" or not isinstance(e, dict):
+        if message.topic != wire.EVENTS or not isinstance(e, dict):
             return
         t = float(e.get("media_time_s", 0.0))
         if e["type"] == "track_started":

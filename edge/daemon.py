@@ -62,7 +62,7 @@ def build(settings: EdgeSettings, sinks: list[EventSink] | None = None, source: 
     """Create every component from its own settings section (nothing is started yet); ``sinks``,
     ``source`` and ``models`` replace the configured ones (bench, analyze, tests)."""
     from edge.sinks import create_sinks
-    from edge.sinks.mqtt import sequence_file
+    from edge.sinks.mqtt.journal import sequence_file
     from edge.sources import open_source
 
     models = build_models(settings) if models is None else models

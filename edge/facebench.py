@@ -34,6 +34,7 @@ from edge.geometry import iou
 from edge.preprocess import Box, CropGeometry, crop_square, face_tensor
 from edge.protocols import Message, SourceError
 from edge.settings import EdgeSettings
+from edge.sinks import wire
 from edge.sources.base import FiniteSource
 
 FRAME = (640, 480)  # width, height
@@ -150,7 +151,7 @@ class TrackRecorder:
 
     def publish(self, message: Message) -> None:
         body = message.payload
-        if message.topic != "events" or not isinstance(body, dict):
+        if message.topic != wire.EVENTS or not isinstance(body, dict):
             return
         if body["type"] == "track_started":
             self.started[body["track_id"]] = (self.source.current, Box(*body["box"]))

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from edge.settings import EdgeSettings
+from edge.sinks import wire
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class WatchModel:
             return
         with self.lock:
             view = self.devices.setdefault(device, DeviceView(device))
-            if kind == "availability":
+            if kind == wire.AVAILABILITY:
                 view.availability = raw.decode(errors="replace")
                 return
             try:
@@ -66,11 +67,11 @@ class WatchModel:
                 return
             if not isinstance(payload, dict):
                 return
-            if kind == "state":
+            if kind == wire.STATE:
                 view.state = payload
-            elif kind == "stats":
+            elif kind == wire.STATS:
                 view.stats = payload
-            elif kind == "events":
+            elif kind == wire.EVENTS:
                 view.on_event(payload)
 
     def render(self) -> str:

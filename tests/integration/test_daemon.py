@@ -52,6 +52,14 @@ def test_demo_prints_events_on_stdout():
     assert "stopped after" in err
 
 
+def test_with_mqtt_off_the_daemon_never_loads_paho():
+    # The MQTT sink's client library is the largest import of a sink that is off by default.
+    code = ("import sys; from edge.cli import main; rc = main(['--camera', 'demo', '--max-frames', '30']); "
+            "assert 'paho' not in sys.modules, sorted(m for m in sys.modules if m.startswith('paho')); sys.exit(rc)")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+
+
 @needs_clip
 def test_clip_to_broker_availability_events_state_stats(broker):
     prefix = "deepfer/e2e"
