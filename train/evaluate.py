@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.bundle import load_bundle
 from edge.labels import EMOTIONS
 from edge.quant import softmax
 from train.data import FaceSet
@@ -95,7 +96,6 @@ def load_predictor(path: str | Path, threads: int = 1) -> Predictor:
         _, size, _, channels = model.input_shape
         return Predictor(keras_predict_fn(model), "keras-float", int(size), int(channels), p.stem, p)
     if p.suffix in (".tflite", ".json"):
-        from edge.bundle import load_bundle
         from edge.classifier import TFLiteClassifier
         from edge.settings import ClassifierSettings
 
@@ -278,7 +278,7 @@ def evaluate_to_dir(model: str | Path | Predictor, data: FaceSet, out_dir: Path)
         log.warning("matplotlib is not installed: %s gets metrics.json and model_card.md without plots "
                     "(pip install matplotlib, or 'deepfer[train]', for them)", out_dir)
     recipe = _read_json(run_dir / "recipe.json")
-    bundle_meta = _read_json(Path(model).with_suffix(".json")) if Path(model).suffix == ".tflite" else {}
+    bundle_meta = load_bundle(model).meta if Path(model).suffix == ".tflite" else {}
     card = model_card(
         name=pred.name,
         metrics={pred.kind: metrics},

@@ -22,6 +22,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
+from edge.bundle import load_bundle
 from edge.labels import EMOTIONS
 from train.batchnorm import DEFAULT_FACES, PlainStatisticsValidation, plain_batches
 from train.data import FaceSet, load, split_off, with_teacher
@@ -145,11 +146,10 @@ def warm_start_lineage(init_from: Path) -> dict:
         this_run = int(epoch or recipe.get("epochs", 0))
         return this_run + int((recipe.get("extra") or {}).get("warm_start", {}).get("epochs_before") or 0)
 
-    meta = init_from.with_suffix(".json")
-    if init_from.suffix == ".tflite" and meta.is_file():
-        bundle = json.loads(meta.read_text())
-        return {"from": f"{bundle.get('name', init_from.stem)} v{bundle.get('version', '?')}",
-                "epochs_before": epochs_behind(bundle.get("recipe") or {}, (bundle.get("model") or {}).get("epoch"))}
+    if init_from.suffix == ".tflite" and init_from.with_suffix(".json").is_file():
+        bundle = load_bundle(init_from)
+        return {"from": f"{bundle.name} v{bundle.version}",
+                "epochs_before": epochs_behind(bundle.meta.get("recipe") or {}, (bundle.meta.get("model") or {}).get("epoch"))}
     recipe = init_from.parent / "recipe.json"
     if recipe.is_file():
         from train.runs import trained_epochs

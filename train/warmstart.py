@@ -21,12 +21,12 @@ recipe from the bundle's ``.json``.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
+from edge.bundle import load_bundle
 from edge.quant import dequantize_per_axis
 
 log = logging.getLogger(__name__)
@@ -119,8 +119,9 @@ def load_tflite_weights(model, path: Path, sample: np.ndarray) -> None:
 
 def prior_logit_shift(path: Path) -> np.ndarray | None:
     """The logit shift export's prior correction added to the bundle at ``path`` (its .json), or None."""
-    meta = path.with_suffix(".json")
-    prior = json.loads(meta.read_text()).get("prior_correction") if path.suffix == ".tflite" and meta.is_file() else None
+    if path.suffix != ".tflite" or not path.with_suffix(".json").is_file():
+        return None
+    prior = load_bundle(path).meta.get("prior_correction")
     return np.asarray(prior["logit_shift"], np.float64) if isinstance(prior, dict) else None
 
 
