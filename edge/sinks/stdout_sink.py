@@ -28,17 +28,16 @@ import os
 import queue
 import sys
 import threading
-import time
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 from edge.protocols import Message
+from edge.sinks.droplog import DropLog
 from edge.sinks.wire import to_json
 
 log = logging.getLogger(__name__)
 
 _STOP = object()
-_DROP_LOG_INTERVAL_S = 60.0
 
 
 class StdoutSink:
@@ -58,8 +57,7 @@ class StdoutSink:
         self._thread: threading.Thread | None = None
         self._written = 0
         self._dropped = 0
-        self._dropped_logged = 0
-        self._drop_logged_at = 0.0
+        self._drop_log = DropLog()
         self._closed = False  # the reader went away; later messages are discarded
 
     @staticmethod
@@ -115,13 +113,8 @@ class StdoutSink:
                 return
 
     def _log_drops(self) -> None:
-        now = time.monotonic()
-        if self._dropped != self._dropped_logged and not self._closed and (
-            self._dropped_logged == 0 or now - self._drop_logged_at >= _DROP_LOG_INTERVAL_S
-        ):
+        if not self._closed and self._drop_log.due(self._dropped):
             log.warning("standard output is not keeping up; %d messages dropped so far", self._dropped)
-            self._dropped_logged = self._dropped
-            self._drop_logged_at = now
 
     def _write(self, lines: list[str]) -> None:
         out = self._out()

@@ -33,6 +33,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edge.labels import EMOTIONS
 from edge.protocols import Message
 from edge.settings import MqttSettings
+from edge.sinks.droplog import DropLog
 from edge.sinks.mqtt import discovery
 from edge.sinks.mqtt.client import (
     SocketErrors,
@@ -52,7 +53,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_DROP_LOG_INTERVAL_S = 60.0
 
 
 class MqttSink:
@@ -83,8 +83,7 @@ class MqttSink:
         self._ha_announce = False
         self._ha_cleared = False
         self._stopping = False
-        self._dropped_logged = 0  # dropped_events as the log last reported it
-        self._drop_logged_at = 0.0
+        self._drop_log = DropLog()
         self._drops_due = False  # report drops now (the outage ended), not at the next interval
         self._connects = 0
         self._failures = 0
@@ -339,16 +338,13 @@ class MqttSink:
         with self._cond:
             dropped = self._outbox.dropped
             due, self._drops_due = self._drops_due or final, False
-        new = dropped - self._dropped_logged
-        now = time.monotonic()
-        if new > 0 and (self._dropped_logged == 0 or due or now - self._drop_logged_at >= _DROP_LOG_INTERVAL_S):
+        new = self._drop_log.due(dropped, force=due)
+        if new:
             log.warning(
                 "MQTT: event queue full (mqtt.queue_size = %d) while %s is unreachable; dropped the %d oldest events "
                 "(%d in all, as dropped_events in stats)",
                 self.settings.queue_size, self.broker, new, dropped,
             )
-            self._dropped_logged = dropped
-            self._drop_logged_at = now
 
     # -- paho callbacks (network thread) ------------------------------------------------------
 
