@@ -163,7 +163,8 @@ def bench_accuracy(settings: EdgeSettings, faces: Path, limit: int = 0, as_json:
         f"found             {r['found']} ({r['found_ratio'] * 100:.1f}%), {r['false_tracks']} other tracks",
         f"top-1 end to end  {r['top1_end_to_end_all'] * 100:.1f}% of all faces, {r['top1_end_to_end_found'] * 100:.1f}% of found",
         f"top-1 plain crop  {r['top1_plain_found'] * 100:.1f}% of the same found faces ({r['top1_plain_all'] * 100:.1f}% of all)",
-        f"framing loss      {r['framing_loss_points']:.1f} points (plain minus end to end, found faces)",
+        f"framing loss      {r['framing_loss_points']:.1f} ± {r['framing_loss_se_points']:.1f} points "
+        "(plain minus end to end, found faces; ± one standard error)",
     ]
     sys.stdout.write("\n".join(out) + "\n")
     return 0

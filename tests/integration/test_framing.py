@@ -157,6 +157,7 @@ def test_bench_faces_reports_detection_and_framing_on_val_faces() -> None:
     assert r["found"] >= 45, r
     assert r["top1_end_to_end_all"] <= r["top1_end_to_end_found"]
     assert r["framing_loss_points"] == pytest.approx(100 * (r["top1_plain_found"] - r["top1_end_to_end_found"]), abs=0.02)
+    assert 0 < r["framing_loss_se_points"] < 10
     # The plain crops are the model on val itself: about its published top-1.
     assert 0.5 < r["top1_plain_all"] < 0.9
 
