@@ -12,7 +12,7 @@
 # Then the project with its test and training extras goes into .venv, and pytest runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="train,test"
+extras="train,test,jax"
 marks=()
 if [ "${1:-}" = --quick ]; then
   shift

@@ -195,74 +195,14 @@ def augmentation(recipe: Recipe, seed: int | None = None):
     return keras.Sequential(steps, name="augment")
 
 
-def mixup(x, y, w, alpha: float):
-    """Blend each face of a batch with another one of the same batch (Zhang et al., 2018).
-
-    One Beta(alpha, alpha) share per face, folded to >= 0.5 so that every
-    blend stays mostly its own face; targets and class weights blend by the
-    same share. A regulariser for a small net that otherwise learns the
-    training faces by heart (train accuracy 0.81 against 0.66 on val).
-    """
-    import tensorflow as tf
-
-    n = tf.shape(x)[0]
-    g1 = tf.random.gamma([n], alpha)
-    g2 = tf.random.gamma([n], alpha)
-    lam = g1 / tf.maximum(g1 + g2, 1e-12)
-    lam = tf.maximum(lam, 1.0 - lam)
-    other = tf.random.shuffle(tf.range(n))
-    x = lam[:, None, None, None] * x + (1.0 - lam[:, None, None, None]) * tf.gather(x, other)
-    y = lam[:, None] * y + (1.0 - lam[:, None]) * tf.gather(y, other)
-    w = lam * w + (1.0 - lam) * tf.gather(w, other)
-    return x, y, w
-
-
 def make_datasets(recipe: Recipe, train: FaceSet, val: FaceSet, epochs_done: int = 0):
-    """Training and validation pipelines; ``epochs_done`` > 0 (a resumed run) moves the shuffle and
-    augmentation seeds on, so the run does not replay the face order of its first epochs."""
-    import tensorflow as tf
+    """Training and validation batches (:mod:`train.batches`); ``epochs_done`` > 0 (a resumed run) moves
+    the shuffle and augmentation seeds on, so the run does not replay the face order of its first epochs."""
+    from train.batches import training_batches, validation_batches
 
-    n_cls = len(EMOTIONS)
     weights = class_weights(train.class_counts(), recipe.class_weight_power)
-    w_table = tf.constant([weights[i] for i in range(n_cls)], tf.float32)
     seed = data_seed(recipe, epochs_done)
-    aug = augmentation(recipe, seed)
-
-    def prep(x, y):
-        return tf.cast(x[..., None], tf.float32), tf.one_hot(y, n_cls)
-
-    def prep_train(x, y, soft=None):
-        x, target = prep(x, y)
-        if soft is not None:
-            # Distillation: the teacher averaged each face with its mirror image, so its targets
-            # hold for the flipped face too; the other augmentations move a face only slightly.
-            target = (1.0 - recipe.teacher_weight) * target + recipe.teacher_weight * soft
-        # Sample weights rather than Keras' class_weight: the latter does not
-        # combine with soft targets (label smoothing, distillation, mixup).
-        return x, target, tf.gather(w_table, tf.cast(y, tf.int32))
-
-    def augment(x, y, w):
-        x = tf.clip_by_value(aug(x, training=True), 0.0, 255.0)
-        if recipe.mixup:
-            x, y, w = mixup(x, y, w, recipe.mixup)
-        return x, y, w
-
-    columns = (train.x, train.y) if train.soft is None else (train.x, train.y, train.soft)
-    ds_train = (
-        tf.data.Dataset.from_tensor_slices(columns)
-        .shuffle(len(train), seed=seed, reshuffle_each_iteration=True)
-        .batch(recipe.batch_size, drop_remainder=False)
-        .map(prep_train, num_parallel_calls=tf.data.AUTOTUNE)
-        .map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-    ds_val = (
-        tf.data.Dataset.from_tensor_slices((val.x, val.y))
-        .batch(256)
-        .map(prep, num_parallel_calls=tf.data.AUTOTUNE)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-    return ds_train, ds_val, weights
+    return training_batches(recipe, train, weights, seed, augmentation(recipe, seed)), validation_batches(val), weights
 
 
 def build(recipe: Recipe):
@@ -351,7 +291,7 @@ def _run_stage(model, recipe: Recipe, run: Path, stage: str, epochs: int, lr: fl
                bn_batches: list | None = None):
     import keras
 
-    steps = math.ceil(ds_train.cardinality().numpy())
+    steps = len(ds_train)
     _compile(model, recipe, lr, epochs, steps)
     # With bn_batches, validation runs in the first callback, after the statistics are re-measured.
     callbacks: list[keras.callbacks.Callback] = [PlainStatisticsValidation(bn_batches, ds_val)] if bn_batches else []
@@ -436,7 +376,7 @@ def fit(recipe: Recipe, run: Path, resume: bool = False, verbose: int = 1) -> Pa
     if recipe.swa_epochs:
         from train import swa
 
-        swa.finish(model, run, recipe.epochs, recipe.swa_epochs, bn_batches or ds_train.take(100), ds_val,
+        swa.finish(model, run, recipe.epochs, recipe.swa_epochs, bn_batches or [ds_train[i] for i in range(min(100, len(ds_train)))], ds_val,
                    _best_so_far(run / HISTORY))
     best = run / "best.keras"
     return best if best.exists() else run / "model.keras"

@@ -251,7 +251,7 @@ def test_classifier_feeds_exactly_what_training_sees(exported, photos) -> None:
     recipe = Recipe(batch_size=16)
     fs = FaceSet(loaded.x, loaded.y, "parity")
     _, ds_val, _ = make_datasets(recipe, fs, fs)
-    trained_on = np.concatenate([x.numpy() for x, _ in ds_val])
+    trained_on = np.concatenate([x for x, _ in ds_val])
     assert trained_on.dtype == np.float32 and np.array_equal(trained_on, loaded.x[..., None].astype(np.float32))
 
     # What the exporter calibrates on, quantised by the model's own input parameters (as the

@@ -9,6 +9,7 @@ recipe handling, --help) run without TensorFlow.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -209,7 +210,7 @@ def test_a_resumed_run_does_not_replay_the_first_epochs_face_order() -> None:
 
     def first_epoch_order(epochs_done: int) -> np.ndarray:
         ds, _, _ = make_datasets(recipe, faces, faces, epochs_done)
-        return next(iter(ds))[1].numpy().argmax(axis=1)
+        return ds[0][1].argmax(axis=1)
 
     np.testing.assert_array_equal(first_epoch_order(0), first_epoch_order(0))  # reproducible from the seed
     assert not np.array_equal(first_epoch_order(0), first_epoch_order(5))
@@ -348,18 +349,16 @@ def test_learning_rate_schedules() -> None:
 
 @pytest.mark.train
 def test_mixup_blends_faces_targets_and_weights_by_one_share_each() -> None:
-    import tensorflow as tf
-
-    from train.fit import mixup
+    from train.batches import mixup
 
     n = len(EMOTIONS)
-    x = tf.constant(np.arange(n, dtype=np.float32)[:, None, None, None] * np.ones((1, 48, 48, 1), np.float32))
-    y = tf.one_hot(np.arange(n), n)
-    w = tf.constant(np.arange(1, n + 1, dtype=np.float32))
-    tf.random.set_seed(3)
+    x = np.arange(n, dtype=np.float32)[:, None, None, None] * np.ones((1, 48, 48, 1), np.float32)
+    y = np.eye(n, dtype=np.float32)
+    w = np.arange(1, n + 1, dtype=np.float32)
+    rng = np.random.default_rng(3)
     shares = []
     for _ in range(20):
-        mx, my, mw = (t.numpy() for t in mixup(x, y, w, 0.4))
+        mx, my, mw = mixup(x, y, w, 0.4, rng)
         np.testing.assert_allclose(my.sum(axis=1), 1.0, rtol=1e-6)
         for k in range(n):
             own = my[k, k]
@@ -384,14 +383,14 @@ def test_recipe_mixup_reaches_the_training_batches_only() -> None:
 
     def batches(recipe: Recipe):
         ds_train, ds_val, _ = make_datasets(recipe, faces, faces)
-        return next(iter(ds_train)), next(iter(ds_val))
+        return ds_train[0], ds_val[0]
 
     (x0, y0, _), _ = batches(plain)
     (x1, y1, _), (_, yv) = batches(dataclasses.replace(plain, mixup=0.4))
-    assert set(np.unique(y0.numpy())) == {0.0, 1.0}  # one-hot without mixup
-    assert (y1.numpy().max(axis=1) < 1.0).mean() > 0.5  # blended targets with it
-    assert set(np.unique(yv.numpy())) == {0.0, 1.0}  # validation is never blended
-    assert not np.allclose(x0.numpy(), x1.numpy())
+    assert set(np.unique(y0)) == {0.0, 1.0}  # one-hot without mixup
+    assert (y1.max(axis=1) < 1.0).mean() > 0.5  # blended targets with it
+    assert set(np.unique(yv)) == {0.0, 1.0}  # validation is never blended
+    assert not np.allclose(x0, x1)
 
 
 @pytest.mark.train
@@ -405,13 +404,13 @@ def test_distillation_targets_blend_teacher_and_label_and_weigh_by_the_label() -
     recipe = Recipe(batch_size=64, flip=False, rotation_deg=0, zoom=0, translate=0, brightness=0, contrast=0,
                     teacher="t.npz", teacher_weight=0.7)
     ds_train, ds_val, weights = make_datasets(recipe, faces, FaceSet(faces.x, faces.y, "val"))
-    x, target, w = (t.numpy() for t in next(iter(ds_train)))
+    x, target, w = ds_train[0]
     # Shuffled: find each row again by its pixels.
     rows = [int(np.flatnonzero((faces.x == xi[:, :, 0].astype(np.uint8)).all(axis=(1, 2)))[0]) for xi in x]
     np.testing.assert_allclose(target, 0.3 * np.eye(7)[y[rows]] + 0.7 * soft[rows], atol=1e-6)
     # The class weight follows the face's own label even where the teacher's favourite class differs.
     np.testing.assert_allclose(w, [weights[int(y[r])] for r in rows], rtol=1e-6)
-    assert set(np.unique(next(iter(ds_val))[1].numpy())) == {0.0, 1.0}
+    assert set(np.unique(ds_val[0][1])) == {0.0, 1.0}
 
 
 def test_teacher_targets_must_match_the_training_rows(tmp_path: Path) -> None:
@@ -745,6 +744,51 @@ def test_int8_drop_guard_refuses_and_writes_nothing(bundle: SimpleNamespace, tra
     assert rc == 1
     assert "points below float" in capsys.readouterr().err.strip().splitlines()[-1]
     assert list(out.iterdir()) == []
+
+
+# A GPU machine lent for training has JAX but no TensorFlow: the child trains on KERAS_BACKEND=jax
+# with TensorFlow unimportable, then scores the val faces with the model it saved.
+JAX_FIT = """
+import sys, importlib.abc
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] == 'tensorflow':
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Block())
+import keras, numpy as np
+from train.cli import main
+run, val, out = sys.argv[-3:]
+assert main(sys.argv[1:-3] + ["--out", run]) == 0
+assert keras.backend.backend() == "jax" and "tensorflow" not in sys.modules
+x = np.load(val)["x"][..., None].astype(np.float32)
+np.save(out, keras.ops.convert_to_numpy(keras.models.load_model(run + "/best.keras", compile=False)(x, training=False)))
+"""
+
+
+@pytest.mark.train
+def test_fit_runs_on_jax_without_tensorflow_and_its_model_exports_here(synthetic: SimpleNamespace, tmp_path: Path) -> None:
+    pytest.importorskip("jax")
+    import keras
+
+    from edge.bundle import load_bundle
+
+
+    script, run, scores = tmp_path / "jax_fit.py", tmp_path / "run", tmp_path / "scores.npy"
+    script.write_text(JAX_FIT)
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    args = ["fit", "--data", str(synthetic.train_npz), "--val-data", str(synthetic.val_npz), "--recipe", str(synthetic.toml),
+            "--epochs", "2", "--swa-epochs", "2", "--verbose", "0"]
+    r = subprocess.run([sys.executable, str(script), *args, str(run), str(synthetic.val_npz), str(scores)],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert {"best.keras", "swa.keras", "history.csv", "timing.json"} <= {p.name for p in run.iterdir()}
+    # The same file on TensorFlow gives the same scores, so export converts what JAX trained.
+    x = np.load(synthetic.val_npz)["x"][..., None].astype(np.float32)
+    here = keras.models.load_model(run / "best.keras", compile=False)(x, training=False)
+    np.testing.assert_allclose(np.asarray(here), np.load(scores), atol=1e-4)
+    assert main(["export", str(run), "--out", str(tmp_path / "bundle"), "--name", "jax_int8", "--calibration", "50",
+                 "--latency-runs", "0", "--max-int8-drop", "5"]) == 0
+    assert load_bundle(tmp_path / "bundle" / "jax_int8.tflite").name == "jax_int8"
 
 
 # --- no TensorFlow needed -------------------------------------------------------------------------
