@@ -1,13 +1,13 @@
 """The batches training and validation feed the network: numpy arrays, for any Keras backend.
 
-Keras 3 trains on TensorFlow, JAX or PyTorch. The input pipeline is plain numpy plus Keras'
-own random layers, so ``KERAS_BACKEND=jax`` trains on a GPU machine that has JAX but no
-TensorFlow (TensorFlow is needed only to convert the result to TFLite, on any other machine).
+Keras 3 trains on TensorFlow, JAX or PyTorch. The input pipeline is plain numpy and OpenCV,
+so ``KERAS_BACKEND=jax`` trains on a GPU machine that has JAX but no TensorFlow (TensorFlow
+is needed only to convert the result to TFLite, on any other machine).
 
 A training batch is ``(faces, targets, weights)``:
 
-- faces: float32 NHWC raw pixels 0..255, augmented as the recipe says (the network folds the
-  normalisation in, so the daemon feeds the same uint8 values untouched);
+- faces: float32 NHWC raw pixels 0..255, augmented as the recipe says (:mod:`train.augment`; the
+  network folds the normalisation in, so the daemon feeds the same uint8 values untouched);
 - targets: the label one-hot, blended with the teacher's probabilities when distilling, and
   with another face's by mixup;
 - weights: the class weight of the face's own label (sample weights rather than Keras'
@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge.labels import EMOTIONS
+from train.augment import Jitter, augment
 
 if TYPE_CHECKING:
     from train.data import FaceSet
@@ -62,14 +63,17 @@ def mixup(x: np.ndarray, y: np.ndarray, w: np.ndarray, alpha: float, rng: np.ran
     return x.astype(np.float32), y.astype(np.float32), w.astype(np.float32)
 
 
-def training_batches(recipe: Recipe, train: FaceSet, weights: dict[int, float], seed: int, augment: Any) -> Any:
-    """A ``keras.utils.PyDataset`` of shuffled, augmented training batches; reshuffled every epoch.
+def jitter_of(recipe: Recipe) -> Jitter:
+    return Jitter(recipe.flip, recipe.rotation_deg, recipe.zoom, recipe.translate, recipe.brightness, recipe.contrast)
 
-    ``augment`` is a Keras layer (``train.fit.augmentation``) applied to each batch in training mode.
-    """
+
+def training_batches(recipe: Recipe, train: FaceSet, weights: dict[int, float], seed: int) -> Any:
+    """A ``keras.utils.PyDataset`` of shuffled, augmented training batches (:mod:`train.augment`),
+    reshuffled every epoch; ``seed`` fixes the order and every random draw."""
     import keras
 
     w_table = np.array([weights[i] for i in range(len(EMOTIONS))], np.float32)
+    jitter = jitter_of(recipe)
 
     class TrainingBatches(keras.utils.PyDataset):
         def __init__(self) -> None:
@@ -84,10 +88,9 @@ def training_batches(recipe: Recipe, train: FaceSet, weights: dict[int, float], 
             if not 0 <= idx < len(self):
                 raise IndexError(idx)
             rows = self.order[idx * recipe.batch_size : (idx + 1) * recipe.batch_size]
-            x = train.x[rows, ..., None].astype(np.float32)
             y = targets(train.y[rows], None if train.soft is None else train.soft[rows], recipe.teacher_weight)
             w = w_table[train.y[rows].astype(np.int64)]
-            x = np.clip(keras.ops.convert_to_numpy(augment(x, training=True)), 0.0, 255.0).astype(np.float32)
+            x = augment(train.x[rows], jitter, self.rng)[..., None]
             if recipe.mixup:
                 x, y, w = mixup(x, y, w, recipe.mixup, self.rng)
             return x, y, w

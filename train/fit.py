@@ -172,29 +172,6 @@ def class_weights(counts: np.ndarray, power: float) -> dict[int, float]:
     return {i: float(v) for i, v in enumerate(w)}
 
 
-def augmentation(recipe: Recipe, seed: int | None = None):
-    import keras
-    from keras import layers
-
-    seed = recipe.seed if seed is None else seed
-    steps = []
-    if recipe.flip:
-        steps.append(layers.RandomFlip("horizontal", seed=seed))
-    if recipe.rotation_deg:
-        steps.append(layers.RandomRotation(recipe.rotation_deg / 360.0, fill_mode="reflect", seed=seed + 1))
-    if recipe.zoom:
-        steps.append(layers.RandomZoom((-recipe.zoom, recipe.zoom), fill_mode="reflect", seed=seed + 2))
-    if recipe.translate:
-        steps.append(layers.RandomTranslation(recipe.translate, recipe.translate, fill_mode="reflect", seed=seed + 3))
-    if recipe.brightness:
-        steps.append(layers.RandomBrightness(recipe.brightness, value_range=(0, 255), seed=seed + 4))
-    if recipe.contrast:
-        steps.append(layers.RandomContrast(recipe.contrast, value_range=(0, 255), seed=seed + 5))
-    if not steps:
-        return layers.Identity(name="augment")
-    return keras.Sequential(steps, name="augment")
-
-
 def make_datasets(recipe: Recipe, train: FaceSet, val: FaceSet, epochs_done: int = 0):
     """Training and validation batches (:mod:`train.batches`); ``epochs_done`` > 0 (a resumed run) moves
     the shuffle and augmentation seeds on, so the run does not replay the face order of its first epochs."""
@@ -202,7 +179,7 @@ def make_datasets(recipe: Recipe, train: FaceSet, val: FaceSet, epochs_done: int
 
     weights = class_weights(train.class_counts(), recipe.class_weight_power)
     seed = data_seed(recipe, epochs_done)
-    return training_batches(recipe, train, weights, seed, augmentation(recipe, seed)), validation_batches(val), weights
+    return training_batches(recipe, train, weights, seed), validation_batches(val), weights
 
 
 def build(recipe: Recipe):
