@@ -308,6 +308,8 @@ def fit(recipe: Recipe, run: Path, resume: bool = False, verbose: int = 1) -> Pa
             raise FileExistsError(f"{run} already holds a run; pass --resume to continue it or choose another --out")
         if recipe.init_from:
             recipe.extra.setdefault("warm_start", warm_start_lineage(Path(recipe.init_from)))
+        # Which Keras backend trained it (KERAS_BACKEND): a model from a GPU machine says "jax".
+        recipe.extra.setdefault("backend", keras.backend.backend())
         recipe.save(saved)
     keras.utils.set_random_seed(recipe.seed)
     os.environ.setdefault("TF_DETERMINISTIC_OPS", "0")

@@ -782,6 +782,7 @@ def test_fit_runs_on_jax_without_tensorflow_and_its_model_exports_here(synthetic
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert {"best.keras", "swa.keras", "history.csv", "timing.json"} <= {p.name for p in run.iterdir()}
+    assert json.loads((run / "recipe.json").read_text())["extra"]["backend"] == "jax"
     # The same file on TensorFlow gives the same scores, so export converts what JAX trained.
     x = np.load(synthetic.val_npz)["x"][..., None].astype(np.float32)
     here = keras.models.load_model(run / "best.keras", compile=False)(x, training=False)
