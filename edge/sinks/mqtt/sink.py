@@ -54,7 +54,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-
 class MqttSink:
     """Publishes to ``{prefix}/{device_id}/…``; see the module docstring for the delivery rules."""
 
