@@ -51,7 +51,7 @@ def create_detector(settings: DetectorSettings) -> FaceDetector:
         return DETECTORS.create("haar", settings)
 
 
-def _downscale(image: np.ndarray, width: int) -> tuple[np.ndarray, float]:
+def downscale(image: np.ndarray, width: int) -> tuple[np.ndarray, float]:
     """Shrink ``image`` to ``width`` pixels wide (never enlarge); returns it and original/new scale."""
     w = image.shape[1]
     if w <= width:
@@ -105,7 +105,7 @@ class HaarDetector:
             gray, scale = frame.gray, frame.gray_scale
         else:
             gray, scale = to_gray(frame.image), 1.0
-        small, shrink = _downscale(gray, self.settings.detect_width)
+        small, shrink = downscale(gray, self.settings.detect_width)
         scale *= shrink
         min_face = self.settings.min_face
         side = max(1, int(min_face / scale))
@@ -149,7 +149,7 @@ class YuNetDetector:
 
     def detect(self, frame: Frame) -> list[Detection]:
         frame_h, frame_w = frame.image.shape[:2]
-        small, scale = _downscale(frame.image, self.settings.detect_width)
+        small, scale = downscale(frame.image, self.settings.detect_width)
         size = (small.shape[1], small.shape[0])
         if size != self._input_size:
             self._net.setInputSize(size)

@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edge.detectors import YUNET_TOP_K, shipped_yunet
+from edge.detectors import HAAR_CASCADE, YUNET_TOP_K, downscale, shipped_yunet
 from edge.facebench import MATCH_IOU, load_faces, render_face
 from edge.geometry import Box, iou
 from edge.settings import DetectorSettings
@@ -42,14 +42,12 @@ def detect(faces: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.nda
     """Per found face: YuNet's box+landmarks (14 numbers), Haar's box in its neighbourhood (NaN if none), the crop."""
     s = DetectorSettings(kind="yunet")
     net = cv2.FaceDetectorYN.create(str(shipped_yunet()), "", (320, 320), s.score_threshold, s.nms_threshold, YUNET_TOP_K)
-    cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"))
+    cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / HAAR_CASCADE))
     rng = np.random.default_rng(seed)
     yunet, haar, crops = [], [], []
     for face in faces:
         shown = render_face(face, rng)
-        h, w = shown.image.shape[:2]
-        k = w / s.detect_width
-        small = cv2.resize(shown.image, (s.detect_width, int(round(h / k))), interpolation=cv2.INTER_AREA)
+        small, k = downscale(shown.image, s.detect_width)  # as the daemon's YuNet sees the frame
         net.setInputSize((small.shape[1], small.shape[0]))
         _, found = net.detect(small)
         rows = [r[:14] * k for r in (found if found is not None else [])]
