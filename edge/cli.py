@@ -14,9 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr
-
-from edge.settings import EX_CONFIG, ConfigError, EdgeSettings, load_settings
+from edge.settings import EX_CONFIG, ConfigError, EdgeSettings, load_settings, service_manager_environment
 
 log = logging.getLogger("deepfer.edge")
 
@@ -214,13 +212,6 @@ def main(argv: list[str] | None = None) -> int:
     quiet_native_libraries()
     try:
         settings = load_settings(args.config, overrides_from_args(args))
-        if settings.mqtt.password is None and settings.mqtt.password_file is None:
-            from edge.notify import read_credential
-
-            # systemd's LoadCredential= hands the password over as a file, never on the command line.
-            secret = read_credential("mqtt_password", os.environ)
-            if secret:
-                settings.mqtt.password = SecretStr(secret)
     except ConfigError as exc:
         sys.stderr.write(f"deepfer-edge: {exc}\n")
         return EX_CONFIG
@@ -278,7 +269,7 @@ def run(settings: EdgeSettings, max_frames: int = 0) -> int:
     if not settings.stdout.enabled and not settings.mqtt.enabled:
         log.warning("no output enabled: pass --stdout and/or --mqtt-host (or set them in the config); events go nowhere")
     components = daemon.build(settings)
-    return daemon.run(components, notifier=SystemdNotifier(os.environ), max_frames=max_frames)
+    return daemon.run(components, notifier=SystemdNotifier(service_manager_environment()), max_frames=max_frames)
 
 
 if __name__ == "__main__":  # pragma: no cover

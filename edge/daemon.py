@@ -16,7 +16,7 @@ from edge.messages import Envelope
 from edge.metrics import Metrics
 from edge.pipeline import Pipeline, sinks_status
 from edge.preprocess import CropGeometry
-from edge.protocols import CameraUnavailable, Classifier, EventSink, FaceDetector, FrameSource, SourceError
+from edge.protocols import CameraUnavailable, Classifier, EventSink, FaceDetector, FrameSource, ServiceNotifier, SourceError
 from edge.settings import EdgeSettings
 from edge.tracker import Tracker
 
@@ -100,7 +100,7 @@ def status_line(status: Mapping[str, Any], fps: float) -> str:
     return ", ".join(parts)
 
 
-def run(components: Components, notifier: Any = None, max_frames: int = 0) -> int:
+def run(components: Components, notifier: ServiceNotifier | None = None, max_frames: int = 0) -> int:
     """Start the sinks and the source, process until a signal or the end of the source, shut down cleanly."""
     pipeline = components.pipeline
 

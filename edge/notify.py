@@ -1,4 +1,4 @@
-"""Talking to systemd: readiness, status, watchdog (sd_notify) and credentials.
+"""Talking to systemd: readiness, status and watchdog (sd_notify).
 
 A few datagrams on a unix socket do not justify a dependency (python-systemd
 needs libsystemd headers to build), so this speaks the protocol directly; see
@@ -6,7 +6,8 @@ sd_notify(3). Outside systemd (no ``NOTIFY_SOCKET``) every call is a no-op, so
 the pipeline calls it unconditionally.
 
 The environment is passed in rather than read here: the CLI hands over
-``os.environ``, tests hand over a dict.
+:func:`edge.settings.service_manager_environment`, tests hand over a dict.
+Credentials are the settings' business (:func:`edge.settings.read_credential`).
 """
 
 from __future__ import annotations
@@ -17,9 +18,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
-
-from edge.settings import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +31,15 @@ class SystemdNotifier:
     because a daemon that runs for months must not die over a status line.
     """
 
-    def __init__(self, environ: Mapping[str, str] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
-        env = os.environ if environ is None else environ
+    def __init__(self, environ: Mapping[str, str], clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._address = _socket_address(env.get("NOTIFY_SOCKET", ""))
+        self._address = _socket_address(environ.get("NOTIFY_SOCKET", ""))
         self._sock: socket.socket | None = None
         # status() may come from another thread than the frame loop's watchdog().
         self._lock = threading.Lock()
         self._failed = False
         self._last_watchdog: float | None = None
-        self._watchdog_interval_s = _watchdog_interval(env)
+        self._watchdog_interval_s = _watchdog_interval(environ)
 
     @property
     def enabled(self) -> bool:
@@ -142,28 +139,3 @@ def _watchdog_interval(env: Mapping[str, str]) -> float | None:
 def _one_line(text: str) -> str:
     # A newline would start a new assignment in the datagram.
     return " ".join(str(text).split("\n"))
-
-
-def read_credential(name: str, environ: Mapping[str, str]) -> str | None:
-    """Read a systemd credential (``LoadCredential=NAME:…``) from ``$CREDENTIALS_DIRECTORY``.
-
-    Returns the content without its trailing newline, or None when there is no
-    credentials directory, no such credential, or it is empty (the unit always
-    loads ``mqtt_password``; install.sh creates it empty when there is none).
-    """
-    if not name or "/" in name or name in (".", ".."):
-        raise ValueError(f"invalid credential name {name!r}")
-    directory = environ.get("CREDENTIALS_DIRECTORY", "")
-    if not directory:
-        return None
-    path = Path(directory) / name
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except UnicodeDecodeError:
-        raise ConfigError(f"credential {path} is not UTF-8 text; rewrite its source file (e.g. /etc/deepfer/{name})") from None
-    except OSError as exc:
-        raise ConfigError(f"credential {path} cannot be read: {exc.strerror}; check LoadCredential= in the unit") from None
-    text = text.removesuffix("\n").removesuffix("\r")
-    return text or None

@@ -165,6 +165,26 @@ class EventSink(Protocol):
         ...
 
 
+class ServiceNotifier(Protocol):
+    """The service manager's view of the daemon (systemd's sd_notify: :class:`edge.notify.SystemdNotifier`)."""
+
+    def ready(self) -> None:
+        """Start-up is complete."""
+        ...
+
+    def status(self, text: str) -> None:
+        """A one-line status (``systemctl status`` shows it)."""
+        ...
+
+    def watchdog(self) -> bool:
+        """Called every frame; the notifier decides how often it actually pings (True when it did)."""
+        ...
+
+    def stopping(self) -> None:
+        """Shutdown has begun."""
+        ...
+
+
 T = TypeVar("T")
 
 

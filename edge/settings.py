@@ -3,7 +3,8 @@
 Precedence, lowest to highest: defaults < TOML file (``--config``) <
 ``DEEPFER_*`` environment variables (nested with ``__``, e.g.
 ``DEEPFER_MQTT__HOST``) < command-line flags. Each component receives only its
-own section; nothing outside this module reads the environment.
+own section; nothing outside this module reads the environment or a credential
+(``mqtt.password_file``, systemd's ``LoadCredential=``).
 """
 
 from __future__ import annotations
@@ -189,6 +190,28 @@ class MqttSettings(Section):
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("mqtt.cert_file and mqtt.key_file go together for client certificates; set both or neither")
         return self
+
+    def login_password(self) -> str | None:
+        """The password to log in with: the first line of ``password_file``, else ``password``.
+
+        The file is read here, when the client is built, not when the settings
+        are: a daemon with MQTT off never touches it. Raises ConfigError naming
+        the setting.
+        """
+        if self.password_file is not None:
+            try:
+                text = self.password_file.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ConfigError(
+                    f"mqtt.password_file {self.password_file} cannot be read ({exc.strerror}); fix the path or its permissions"
+                ) from None
+            except UnicodeDecodeError:
+                raise ConfigError(f"mqtt.password_file {self.password_file} is not UTF-8 text; save the password as UTF-8") from None
+            lines = text.splitlines()
+            return lines[0] if lines else ""
+        if self.password is not None:
+            return self.password.get_secret_value()
+        return None
 
 
 class StdoutSettings(Section):
@@ -381,15 +404,60 @@ def format_validation_error(exc: ValidationError, origin: str) -> str:
 
 
 def load_settings(config: Path | None = None, overrides: dict[str, Any] | None = None) -> EdgeSettings:
-    """Build the settings from a TOML file, the environment and CLI overrides (in rising precedence)."""
+    """Build the settings from a TOML file, the environment and CLI overrides (in rising precedence).
+
+    With no MQTT password set anywhere, systemd's ``mqtt_password`` credential
+    (``LoadCredential=``) supplies it: the unit hands it over as a file, never
+    on a command line.
+    """
     check_environment(os.environ)
     origin = ", ".join(filter(None, [str(config) if config else "", "DEEPFER_* environment", "command line"]))
     token = _config_file.set(config)
     try:
-        return EdgeSettings(**(overrides or {}))
+        settings = EdgeSettings(**(overrides or {}))
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, origin)) from None
     except SettingsError as exc:  # a DEEPFER_* value pydantic-settings cannot parse at all
         raise ConfigError(f"invalid settings ({origin}): {exc}") from None
     finally:
         _config_file.reset(token)
+    if settings.mqtt.password is None and settings.mqtt.password_file is None:
+        secret = read_credential("mqtt_password", os.environ)
+        if secret:
+            settings.mqtt.password = SecretStr(secret)
+    return settings
+
+
+def read_credential(name: str, environ: Mapping[str, str]) -> str | None:
+    """Read a systemd credential (``LoadCredential=NAME:…``) from ``$CREDENTIALS_DIRECTORY``.
+
+    Returns the content without its trailing newline, or None when there is no
+    credentials directory, no such credential, or it is empty (the unit always
+    loads ``mqtt_password``; install.sh creates it empty when there is none).
+    """
+    if not name or "/" in name or name in (".", ".."):
+        raise ValueError(f"invalid credential name {name!r}")
+    directory = environ.get("CREDENTIALS_DIRECTORY", "")
+    if not directory:
+        return None
+    path = Path(directory) / name
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except UnicodeDecodeError:
+        raise ConfigError(f"credential {path} is not UTF-8 text; rewrite its source file (e.g. /etc/deepfer/{name})") from None
+    except OSError as exc:
+        raise ConfigError(f"credential {path} cannot be read: {exc.strerror}; check LoadCredential= in the unit") from None
+    text = text.removesuffix("\n").removesuffix("\r")
+    return text or None
+
+
+# What systemd sets for a Type=notify service (sd_notify(3)); edge.notify speaks the protocol.
+SERVICE_MANAGER_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+
+
+def service_manager_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The variables the service manager set for this process (none outside systemd)."""
+    env = os.environ if environ is None else environ
+    return {k: env[k] for k in SERVICE_MANAGER_ENV if k in env}

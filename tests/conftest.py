@@ -38,11 +38,11 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 @pytest.fixture
 def clean_deepfer_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No DEEPFER_* variable of the caller's shell leaks into settings tests."""
+    """No DEEPFER_* variable (nor a systemd credentials folder) of the caller's shell leaks into settings tests."""
     import os
 
     for k in list(os.environ):
-        if k.startswith("DEEPFER_"):
+        if k.startswith("DEEPFER_") or k == "CREDENTIALS_DIRECTORY":
             monkeypatch.delenv(k)
 
 

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.notify import SystemdNotifier, read_credential
-from edge.settings import ConfigError
+from edge.notify import SystemdNotifier
 
 
 class FakeClock:
@@ -168,34 +167,3 @@ def test_recovers_when_the_socket_comes_back(tmp_path: Path) -> None:
         assert receive(sock) == ["STATUS=late"]
     finally:
         sock.close()
-
-
-def test_read_credential(tmp_path: Path) -> None:
-    (tmp_path / "mqtt_password").write_text("s3cret with spaces \n")
-    (tmp_path / "crlf").write_text("line\r\n", newline="")
-    (tmp_path / "empty").write_text("")
-    (tmp_path / "two_lines").write_text("a\nb\n")
-    env = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
-    assert read_credential("mqtt_password", env) == "s3cret with spaces "
-    assert read_credential("crlf", env) == "line"
-    assert read_credential("two_lines", env) == "a\nb"
-    assert read_credential("empty", env) is None  # install.sh's placeholder means "no password"
-    assert read_credential("missing", env) is None
-    assert read_credential("mqtt_password", {}) is None
-
-
-def test_read_credential_rejects_paths(tmp_path: Path) -> None:
-    env = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
-    for bad in ("", "../etc/passwd", "a/b", ".."):
-        with pytest.raises(ValueError):
-            read_credential(bad, env)
-
-
-def test_unreadable_credential_names_the_file(tmp_path: Path) -> None:
-    (tmp_path / "binary").write_bytes(b"\xff\xfe\x00")
-    (tmp_path / "adir").mkdir()
-    env = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
-    with pytest.raises(ConfigError, match="binary"):
-        read_credential("binary", env)
-    with pytest.raises(ConfigError, match="adir"):
-        read_credential("adir", env)

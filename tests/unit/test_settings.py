@@ -1,12 +1,13 @@
 """Settings: precedence TOML < environment < flags, errors that name the setting, cross-field rules (no processes)."""
 
 import re
+from pathlib import Path
 
 import pytest
 from conftest import write_toml as write
 
 from edge.cli import build_parser, overrides_from_args
-from edge.settings import ConfigError, load_settings
+from edge.settings import ConfigError, MqttSettings, load_settings, read_credential, service_manager_environment
 
 pytestmark = pytest.mark.usefixtures("clean_deepfer_env")
 
@@ -127,3 +128,68 @@ def test_the_install_scripts_variables_and_real_settings_are_accepted(monkeypatc
     monkeypatch.setenv("deepfer_log_level", "DEBUG")  # names are case-insensitive, as pydantic-settings reads them
     s = load_settings()
     assert (s.mqtt.host, s.log_level) == ("b", "DEBUG")
+
+
+def test_read_credential(tmp_path: Path) -> None:
+    (tmp_path / "mqtt_password").write_text("s3cret with spaces \n")
+    (tmp_path / "crlf").write_text("line\r\n", newline="")
+    (tmp_path / "empty").write_text("")
+    (tmp_path / "two_lines").write_text("a\nb\n")
+    env = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
+    assert read_credential("mqtt_password", env) == "s3cret with spaces "
+    assert read_credential("crlf", env) == "line"
+    assert read_credential("two_lines", env) == "a\nb"
+    assert read_credential("empty", env) is None  # install.sh's placeholder means "no password"
+    assert read_credential("missing", env) is None
+    assert read_credential("mqtt_password", {}) is None
+
+
+def test_read_credential_rejects_paths(tmp_path: Path) -> None:
+    env = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
+    for bad in ("", "../etc/passwd", "a/b", ".."):
+        with pytest.raises(ValueError):
+            read_credential(bad, env)
+
+
+def test_unreadable_credential_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "binary").write_bytes(b"\xff\xfe\x00")
+    (tmp_path / "adir").mkdir()
+    env = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
+    with pytest.raises(ConfigError, match="binary"):
+        read_credential("binary", env)
+    with pytest.raises(ConfigError, match="adir"):
+        read_credential("adir", env)
+
+
+def test_the_mqtt_password_comes_from_the_file_then_the_setting_then_the_systemd_credential(tmp_path, monkeypatch):
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "mqtt_password").write_text("from-systemd\n")
+    (tmp_path / "pw").write_text("from-file\nsecond line is ignored\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    assert load_settings().mqtt.login_password() == "from-systemd"
+    monkeypatch.setenv("DEEPFER_MQTT__PASSWORD", "from-setting")
+    assert load_settings().mqtt.login_password() == "from-setting"
+    monkeypatch.setenv("DEEPFER_MQTT__PASSWORD_FILE", str(tmp_path / "pw"))
+    assert load_settings().mqtt.login_password() == "from-file"
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    monkeypatch.delenv("DEEPFER_MQTT__PASSWORD")
+    monkeypatch.delenv("DEEPFER_MQTT__PASSWORD_FILE")
+    assert load_settings().mqtt.login_password() is None
+
+
+def test_an_unreadable_password_file_names_the_setting_when_the_client_asks(tmp_path):
+    missing = MqttSettings(password_file=tmp_path / "nope")  # settings alone never open it
+    with pytest.raises(ConfigError, match=r"^mqtt\.password_file .*nope cannot be read"):
+        missing.login_password()
+    (tmp_path / "latin1").write_bytes("caf\xe9".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"^mqtt\.password_file .*latin1 is not UTF-8 text"):
+        MqttSettings(password_file=tmp_path / "latin1").login_password()
+    (tmp_path / "empty").write_text("")
+    assert MqttSettings(password_file=tmp_path / "empty").login_password() == ""
+
+
+def test_only_the_service_managers_variables_reach_the_notifier():
+    env = {"NOTIFY_SOCKET": "/run/systemd/notify", "WATCHDOG_USEC": "30000000", "HOME": "/root", "DEEPFER_MQTT__HOST": "b"}
+    assert service_manager_environment(env) == {"NOTIFY_SOCKET": "/run/systemd/notify", "WATCHDOG_USEC": "30000000"}
+    assert service_manager_environment({}) == {}

@@ -16,21 +16,20 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from edge.sinks.mqtt.client import check_broker, make_client, read_password
+    from edge.sinks.mqtt.client import check_broker, make_client
     from edge.sinks.mqtt.journal import EventJournal, StoredEvent, journal_file, sequence_file
     from edge.sinks.mqtt.sink import MqttSink
 
 # Names load on first use: the daemon asks for ``sequence_file`` even with MQTT off, and that
 # must not import paho for a sink that never runs.
 _WHERE = {
-    "check_broker": "client", "make_client": "client", "read_password": "client",
+    "check_broker": "client", "make_client": "client",
     "EventJournal": "journal", "StoredEvent": "journal", "journal_file": "journal", "sequence_file": "journal",
     "MqttSink": "sink",
 }
 
 __all__ = [
-    "EventJournal", "MqttSink", "StoredEvent", "check_broker", "journal_file", "make_client", "read_password",
-    "sequence_file",
+    "EventJournal", "MqttSink", "StoredEvent", "check_broker", "journal_file", "make_client", "sequence_file",
 ]
 
 

@@ -28,33 +28,14 @@ _X509_V_ERR_HOSTNAME_MISMATCH = 62
 _X509_V_ERR_IP_ADDRESS_MISMATCH = 64
 
 
-def read_password(settings: MqttSettings) -> str | None:
-    """The password from ``password_file`` (first line) or ``password``; raises ConfigError naming the field."""
-    if settings.password_file is not None:
-        try:
-            text = settings.password_file.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(
-                f"mqtt.password_file {settings.password_file} cannot be read ({exc.strerror}); "
-                "fix the path or its permissions"
-            ) from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"mqtt.password_file {settings.password_file} is not UTF-8 text; save the password as UTF-8") from None
-        lines = text.splitlines()
-        return lines[0] if lines else ""
-    if settings.password is not None:
-        return settings.password.get_secret_value()
-    return None
-
-
 def make_client(settings: MqttSettings, client_id: str = "", password: str | None = None) -> mqtt.Client:
     """A paho client (callback API 2, MQTT 3.1.1) with the credentials and TLS of ``settings``, not connected.
 
-    ``password`` defaults to :func:`read_password`; raises ConfigError for
+    ``password`` defaults to the settings' (:meth:`MqttSettings.login_password`); raises ConfigError for
     unreadable password or TLS files. Reconnect delays follow the settings.
     """
     if password is None:
-        password = read_password(settings)
+        password = settings.login_password()
     client = mqtt.Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
         client_id=client_id,
