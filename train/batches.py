@@ -7,7 +7,8 @@ is needed only to convert the result to TFLite, on any other machine).
 A training batch is ``(faces, targets, weights)``:
 
 - faces: float32 NHWC raw pixels 0..255, augmented as the recipe says (:mod:`train.augment`; the
-  network folds the normalisation in, so the daemon feeds the same uint8 values untouched);
+  network folds the normalisation in, so the daemon feeds the same uint8 values untouched); with
+  ``seen_faces``, a share of them as the daemon frames them (:func:`faces_drawn`);
 - targets: the label one-hot, blended with the teacher's probabilities when distilling, and
   with another face's by mixup;
 - weights: the class weight of the face's own label (sample weights rather than Keras'
@@ -63,6 +64,15 @@ def mixup(x: np.ndarray, y: np.ndarray, w: np.ndarray, alpha: float, rng: np.ran
     return x.astype(np.float32), y.astype(np.float32), w.astype(np.float32)
 
 
+def faces_drawn(train: FaceSet, rows: np.ndarray, seen_share: float, rng: np.random.Generator) -> np.ndarray:
+    """The faces of ``rows``: each, with probability ``seen_share``, as the daemon frames it
+    (``train.seen``, when there is one), else its plain crop. Either is then augmented."""
+    if train.seen is None or seen_share <= 0.0:
+        return train.x[rows]
+    pick = rng.random(len(rows)) < seen_share
+    return np.where(pick[:, None, None], train.seen[rows], train.x[rows])
+
+
 def jitter_of(recipe: Recipe) -> Jitter:
     return Jitter(recipe.flip, recipe.rotation_deg, recipe.zoom, recipe.translate, recipe.brightness, recipe.contrast)
 
@@ -90,7 +100,7 @@ def training_batches(recipe: Recipe, train: FaceSet, weights: dict[int, float], 
             rows = self.order[idx * recipe.batch_size : (idx + 1) * recipe.batch_size]
             y = targets(train.y[rows], None if train.soft is None else train.soft[rows], recipe.teacher_weight)
             w = w_table[train.y[rows].astype(np.int64)]
-            x = augment(train.x[rows], jitter, self.rng)[..., None]
+            x = augment(faces_drawn(train, rows, recipe.seen_share, self.rng), jitter, self.rng)[..., None]
             if recipe.mixup:
                 x, y, w = mixup(x, y, w, recipe.mixup, self.rng)
             return x, y, w

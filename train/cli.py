@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--teacher", metavar="NPZ",
                    help="distil: soft targets for the --data faces, row for row (tools/teacher_targets.py writes them); "
                         "'ferplus': the FER+ crowd votes stored in the --data .npz")
+    f.add_argument("--seen-faces", metavar="NPZ",
+                   help="the --data faces as the daemon frames them, row for row (tools/seen_faces.py writes them)")
+    f.add_argument("--seen-share", type=float, metavar="S",
+                   help="share of each batch drawn from --seen-faces instead of the plain crops, 0..1 (default 0.5)")
     f.add_argument("--teacher-weight", type=float, metavar="W",
                    help="share of the teacher's probabilities in each target, 0..1 (default 0.5; the rest is the label)")
     f.add_argument("--init-from", metavar="MODEL", help="start from this model's weights (same architecture): a .keras model, "
@@ -130,7 +134,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 FLAG_FIELDS = {"data": "data", "val_data": "val_data", "epochs": "epochs", "arch": "arch", "width": "width",
                "weights": "weights", "batch_size": "batch_size", "lr": "lr", "lr_schedule": "lr_schedule", "limit": "limit", "seed": "seed",
                "init_from": "init_from", "swa_epochs": "swa_epochs", "mixup": "mixup", "bn_faces": "bn_faces",
-               "teacher": "teacher", "teacher_weight": "teacher_weight"}
+               "teacher": "teacher", "teacher_weight": "teacher_weight", "seen_faces": "seen_faces", "seen_share": "seen_share"}
 
 
 def recipe_from_args(args: argparse.Namespace):
@@ -170,7 +174,11 @@ def recipe_from_args(args: argparse.Namespace):
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
+    from train.allocator import preload_hint
     from train.fit import fit
+
+    if hint := preload_hint():
+        log.info("%s", hint)
 
     if args.resume:
         given = [f"--{k.replace('_', '-')}" for k in FLAG_FIELDS if getattr(args, k) is not None]
@@ -188,7 +196,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         from train.data import FERPLUS_TEACHER, DataError
 
         teacher = "" if recipe.teacher == FERPLUS_TEACHER else recipe.teacher
-        for flag, path in (("--data", recipe.data), ("--val-data", recipe.val_data), ("--teacher", teacher)):
+        for flag, path in (("--data", recipe.data), ("--val-data", recipe.val_data), ("--teacher", teacher),
+                           ("--seen-faces", recipe.seen_faces)):
             if path and not Path(path).exists():
                 raise DataError(f"{flag} {path}: no such file or folder")
     best = fit(recipe, args.out, resume=args.resume, verbose=args.verbose)

@@ -47,6 +47,7 @@ class FaceSet:
     y: np.ndarray  # (N,) int64, index into EMOTIONS
     source: str
     soft: np.ndarray | None = None  # (N, len(EMOTIONS)) float32 teacher probabilities (distillation), or None
+    seen: np.ndarray | None = None  # (N, S, S) uint8: each face as the daemon frames it (tools/seen_faces.py), or None
 
     def __post_init__(self) -> None:
         if len(self.x) == 0:
@@ -56,6 +57,9 @@ class FaceSet:
         if self.soft is not None and self.soft.shape != (len(self.y), len(EMOTIONS)):
             raise DataError(f"{self.source}: teacher targets have shape {self.soft.shape}, "
                             f"not ({len(self.y)}, {len(EMOTIONS)}); make them from this same data file")
+        if self.seen is not None and self.seen.shape != self.x.shape:
+            raise DataError(f"{self.source}: the daemon-framed faces have shape {self.seen.shape}, not {self.x.shape}; "
+                            "make them from this same data file (tools/seen_faces.py)")
         bad = (self.y < 0) | (self.y >= len(EMOTIONS))
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
@@ -78,7 +82,8 @@ class FaceSet:
         return self.subset(idx, f"{self.source}[{n}]")
 
     def subset(self, idx: np.ndarray, source: str) -> FaceSet:
-        return FaceSet(self.x[idx], self.y[idx], source, None if self.soft is None else self.soft[idx])
+        return FaceSet(self.x[idx], self.y[idx], source, None if self.soft is None else self.soft[idx],
+                       None if self.seen is None else self.seen[idx])
 
 
 def _resize_all(x: np.ndarray, size: int) -> np.ndarray:
@@ -257,4 +262,21 @@ def with_teacher(data: FaceSet, path: str | Path) -> FaceSet:
     if len(y) != len(data) or not np.array_equal(y, data.y):
         raise DataError(f"teacher {p}: its {len(y)} labels do not match the {len(data)} faces of {data.source} "
                         "row for row; make the targets from the same --data file")
-    return FaceSet(data.x, data.y, data.source, probs)
+    return FaceSet(data.x, data.y, data.source, probs, data.seen)
+
+
+def with_seen(data: FaceSet, path: str | Path) -> FaceSet:
+    """Attach the faces as the daemon frames them, which ``tools/seen_faces.py`` wrote for this same data, row for row."""
+    p = Path(path)
+    try:
+        with np.load(p) as z:
+            seen, y = z["x"], z["y"]
+    except (OSError, KeyError, ValueError) as exc:
+        raise DataError(f"seen faces {p}: not a .npz with 'x' and 'y' ({exc}); write one with tools/seen_faces.py") from None
+    if len(y) != len(data) or not np.array_equal(y, data.y):
+        raise DataError(f"seen faces {p}: its {len(y)} labels do not match the {len(data)} faces of {data.source} "
+                        "row for row; make them from the same --data file")
+    if seen.dtype != np.uint8 or seen.shape != data.x.shape:
+        raise DataError(f"seen faces {p}: x is {seen.shape} {seen.dtype}, expected {data.x.shape} uint8; "
+                        "make them for this input size (tools/seen_faces.py reads it from the bundle)")
+    return FaceSet(data.x, data.y, data.source, data.soft, seen)

@@ -25,7 +25,7 @@ import numpy as np
 from edge.bundle import load_bundle
 from edge.labels import EMOTIONS
 from train.batchnorm import DEFAULT_FACES, PlainStatisticsValidation, plain_batches
-from train.data import FaceSet, load, split_off, with_teacher
+from train.data import FaceSet, load, split_off, with_seen, with_teacher
 from train.runs import HISTORY, read_history
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ BOUNDS = (
     ("warmup_epochs", 0.0, 1000.0), ("label_smoothing", 0.0, 0.99), ("class_weight_power", 0.0, 2.0),
     ("dropout", 0.0, 0.99), ("bn_momentum", 0.0, 0.9999), ("rotation_deg", 0.0, 180.0), ("zoom", 0.0, 0.9),
     ("translate", 0.0, 0.9), ("brightness", 0.0, 1.0), ("contrast", 0.0, 1.0), ("mixup", 0.0, 100.0),
-    ("teacher_weight", 0.0, 1.0), ("limit", 0, 10**9), ("holdout", 0.0, 0.9), ("bn_faces", 0, 10**9),
+    ("teacher_weight", 0.0, 1.0), ("seen_share", 0.0, 1.0), ("limit", 0, 10**9), ("holdout", 0.0, 0.9), ("bn_faces", 0, 10**9),
     ("swa_epochs", 0, 10_000),
 )
 
@@ -82,6 +82,10 @@ class Recipe:
     mixup: float = 0.0  # Beta(a, a) of mixup (blend pairs of faces and their targets); 0 = off
     teacher: str = ""  # .npz of soft targets for the training faces (tools/teacher_targets.py): distillation
     teacher_weight: float = 0.5  # share of the teacher's probabilities in the target (the rest: the label)
+    # .npz of the training faces as the daemon frames them (tools/seen_faces.py: rendered, detected,
+    # cropped by the bundle's geometry), and the share of each batch drawn from it instead of the plain crop.
+    seen_faces: str = ""
+    seen_share: float = 0.5
     seed: int = 1337
     limit: int = 0  # use at most this many training faces (0 = all); for smoke tests
     init_from: str = ""  # start from this .keras model's or exported .tflite bundle's weights (same architecture): a second, warm-restarted cycle
@@ -126,6 +130,8 @@ def load_splits(recipe: Recipe) -> tuple[FaceSet, FaceSet]:
     train = load(recipe.data, "train", recipe.input_size)
     if recipe.teacher:
         train = with_teacher(train, recipe.teacher)
+    if recipe.seen_faces:
+        train = with_seen(train, recipe.seen_faces)
     if recipe.val_data:
         val = load(recipe.val_data, recipe.val_split, recipe.input_size)
     elif Path(recipe.data).suffix == ".csv":
