@@ -12,4 +12,3 @@ def test_epoch_times_add_up_and_a_retried_epoch_counts_once(tmp_path):
     record_epoch_time(tmp_path, "train", 1, 110.0)  # the finished try replaces the first
     assert training_time(model) == (3, 220.0)
     assert (tmp_path / TIMING).is_file() and not (tmp_path / "timing.tmp").exists()
-
