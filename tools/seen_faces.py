@@ -50,11 +50,9 @@ def seen_faces(faces: np.ndarray, settings: EdgeSettings, seed: int) -> tuple[np
         shown = render_face(face, rng)
         frame = Frame(image=shown.image, index=i, t_capture=0.0)
         box = best_match([d.box for d in detector.detect(frame)], shown.crop)
-        if box is None:
-            out[i] = face_tensor(face, size)[..., 0]
-            continue
-        out[i] = frame_face_tensor(to_gray(shown.image), crop_square(box, geometry), size)[..., 0]
-        found[i] = True
+        found[i] = box is not None
+        framed = face_tensor(face, size) if box is None else frame_face_tensor(to_gray(shown.image), crop_square(box, geometry), size)
+        out[i] = framed[..., 0]
     return out, found, detector.name
 
 

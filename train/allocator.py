@@ -15,21 +15,25 @@ from pathlib import Path
 CACHING = ("tcmalloc", "jemalloc")
 
 
-def loaded_allocator(maps: str | None = None) -> str | None:
-    """The caching allocator mapped into this process (from ``/proc/self/maps``), or None."""
-    if maps is None:
-        try:
-            maps = Path("/proc/self/maps").read_text()
-        except OSError:  # not Linux: nothing to say
-            return None
+def _own_maps() -> str | None:
+    try:
+        return Path("/proc/self/maps").read_text()
+    except OSError:  # not Linux: nothing to say
+        return None
+
+
+def loaded_allocator(maps: str) -> str | None:
+    """The caching allocator named in ``maps`` (a ``/proc/PID/maps`` text), or None."""
     return next((name for name in CACHING if f"lib{name}" in maps), None)
 
 
 def preload_hint(maps: str | None = None, libdir: Path | None = None) -> str | None:
-    """One line on how to train faster with a caching allocator, or None when one is loaded (or this is not Linux)."""
-    if maps is None and not Path("/proc/self/maps").exists():
-        return None
-    if loaded_allocator(maps) is not None:
+    """One line on how to train faster with a caching allocator, or None when one is loaded (or this is not Linux).
+
+    ``maps`` defaults to this process's own ``/proc/self/maps``.
+    """
+    maps = _own_maps() if maps is None else maps
+    if maps is None or loaded_allocator(maps) is not None:
         return None
     libdir = libdir or Path(f"/usr/lib/{platform.machine()}-linux-gnu")
     lib = libdir / "libtcmalloc_minimal.so.4"

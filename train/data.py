@@ -8,6 +8,7 @@ the daemon uses, so a face is prepared identically for training and inference.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -244,7 +245,7 @@ def with_ferplus(data: FaceSet) -> FaceSet:
     votes, y = ferplus_votes(data.source)
     if len(y) != len(data) or not np.array_equal(y, data.y):
         raise DataError(f"{data.source}: its FER+ votes do not match its {len(data)} faces row for row")
-    return FaceSet(data.x, data.y, data.source, vote_targets(votes, y))
+    return dataclasses.replace(data, soft=vote_targets(votes, y))
 
 
 def with_teacher(data: FaceSet, path: str | Path) -> FaceSet:
@@ -262,7 +263,7 @@ def with_teacher(data: FaceSet, path: str | Path) -> FaceSet:
     if len(y) != len(data) or not np.array_equal(y, data.y):
         raise DataError(f"teacher {p}: its {len(y)} labels do not match the {len(data)} faces of {data.source} "
                         "row for row; make the targets from the same --data file")
-    return FaceSet(data.x, data.y, data.source, probs, data.seen)
+    return dataclasses.replace(data, soft=probs)
 
 
 def with_seen(data: FaceSet, path: str | Path) -> FaceSet:
@@ -279,4 +280,4 @@ def with_seen(data: FaceSet, path: str | Path) -> FaceSet:
     if seen.dtype != np.uint8 or seen.shape != data.x.shape:
         raise DataError(f"seen faces {p}: x is {seen.shape} {seen.dtype}, expected {data.x.shape} uint8; "
                         "make them for this input size (tools/seen_faces.py reads it from the bundle)")
-    return FaceSet(data.x, data.y, data.source, data.soft, seen)
+    return dataclasses.replace(data, seen=seen)
