@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -34,6 +35,18 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     # Tests marked `train` need TensorFlow; without the extra they are skipped, not failed.
     if item.get_closest_marker("train") is not None and (name := missing_train_extra()):
         pytest.skip(f"needs the [train] extra: {name} is not installed (pip install 'deepfer[train]')")
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_log_handler() -> Iterator[None]:
+    """A CLI run in-process points the root logger at the stderr pytest captured for that test; once the
+    capture is closed, a sink thread still logging from a later test would print "--- Logging error ---"."""
+    before, level = set(logging.root.handlers), logging.root.level
+    yield
+    for handler in list(logging.root.handlers):
+        if handler not in before and type(handler) is logging.StreamHandler:
+            logging.root.removeHandler(handler)
+    logging.root.setLevel(level)
 
 
 @pytest.fixture

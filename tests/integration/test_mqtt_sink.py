@@ -666,10 +666,15 @@ def test_salvage_steps_around_every_damaged_range(damaged: list[tuple[int, int]]
 
 
 def first_problem(sink: MqttSink, caplog: pytest.LogCaptureFixture, timeout: float = 30.0) -> str:
-    assert wait_until(lambda: sink.status()["failed_attempts"] >= 1, timeout=timeout)
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "retrying" in r.getMessage()]
-    assert warnings
-    return warnings[0]
+    """The first "retrying" warning the sink logs. It is waited for itself: the sink counts the failed
+    attempt before it logs, so a count seen on the test's thread does not mean the warning is written yet."""
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "retrying" in r.getMessage()]
+
+    assert wait_until(lambda: warnings(), timeout=timeout), f"no warning in {timeout} s; status {dict(sink.status())}"
+    assert sink.status()["failed_attempts"] >= 1
+    return warnings()[0]
 
 
 def test_mutual_tls_works_and_a_rejected_client_certificate_is_named(
@@ -685,10 +690,12 @@ def test_mutual_tls_works_and_a_rejected_client_certificate_is_named(
     sub.close()
 
     stranger = broker.settings(cert_file=tls_files.stranger_cert, key_file=tls_files.stranger_key, client_id="deepfer-stranger")
-    problem = first_problem(make_sink(stranger), caplog)
+    stranger_sink = make_sink(stranger)
+    problem = first_problem(stranger_sink, caplog)
     for message in (problem, check_broker(stranger, timeout=5) or ""):
         assert "client certificate" in message and "mqtt.cert_file" in message, message
         assert "speaks TLS" not in message and "mqtt.tls" not in message, message
+    stranger_sink.stop(timeout=1.0)  # so that what is logged next is the certificate-less sink's
     caplog.clear()
     without = broker.settings(client_id="deepfer-no-cert")
     problem = first_problem(make_sink(without), caplog)
