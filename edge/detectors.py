@@ -76,6 +76,13 @@ def _to_frame_box(x: float, y: float, w: float, h: float, scale: float, frame_w:
     return Box(x0, y0, x1 - x0, y1 - y0)
 
 
+def haar_cascade_path() -> Path | None:
+    """The frontal-face cascade OpenCV ships, or None where it ships none (OpenCV 5)."""
+    cascades = getattr(getattr(cv2, "data", None), "haarcascades", "")
+    path = Path(cascades) / HAAR_CASCADE if cascades else None
+    return path if path is not None and path.is_file() else None
+
+
 @DETECTORS.register("haar")
 class HaarDetector:
     """OpenCV's Haar cascade on a grayscale image ``detect_width`` wide.
@@ -88,9 +95,8 @@ class HaarDetector:
 
     def __init__(self, settings: DetectorSettings) -> None:
         self.settings = settings
-        cascades = getattr(getattr(cv2, "data", None), "haarcascades", "")
-        path = Path(cascades) / HAAR_CASCADE if cascades else None
-        if not hasattr(cv2, "CascadeClassifier") or path is None or not path.is_file():
+        path = haar_cascade_path()
+        if not hasattr(cv2, "CascadeClassifier") or path is None:
             raise MissingExtra(
                 f"OpenCV {cv2.__version__} ships no Haar cascades ({HAAR_CASCADE}); OpenCV 5 dropped them: "
                 "install `opencv-python-headless<5`, or set detector.kind = \"yunet\" with detector.model"

@@ -21,6 +21,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     x, _ = load_faces(args.data)
     idx = np.random.default_rng(args.seed).permutation(len(x))[: args.faces]
     result = measure(x[idx], KINDS, args.seed)
-    record = {kind: {**r["geometry"]._asdict(), "found": r["found"], "mean_iou": round(r["iou_fitted"], 4)}
+    record: dict[str, Any] = {kind: {**r["geometry"]._asdict(), "found": r["found"], "mean_iou": round(r["iou_fitted"], 4)}
               for kind, r in result.items()}
     record["fitted_on"] = f"{len(idx)} faces of {args.data.name} rendered by edge.facebench (tools/fit_crop_geometry.py, seed {args.seed})"
     if args.out:

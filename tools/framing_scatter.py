@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edge.detectors import HAAR_CASCADE, YUNET_TOP_K, downscale, shipped_yunet
+from edge.detectors import HAAR_CASCADE, YUNET_TOP_K, downscale, haar_cascade_path, shipped_yunet
 from edge.facebench import MATCH_IOU, load_faces, render_face
 from edge.geometry import Box, iou
 from edge.settings import DetectorSettings
@@ -42,7 +42,10 @@ def detect(faces: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.nda
     """Per found face: YuNet's box+landmarks (14 numbers), Haar's box in its neighbourhood (NaN if none), the crop."""
     s = DetectorSettings(kind="yunet")
     net = cv2.FaceDetectorYN.create(str(shipped_yunet()), "", (320, 320), s.score_threshold, s.nms_threshold, YUNET_TOP_K)
-    cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / HAAR_CASCADE))
+    cascade_path = haar_cascade_path()
+    if cascade_path is None:
+        raise SystemExit(f"OpenCV {cv2.__version__} ships no {HAAR_CASCADE}: install `opencv-python-headless<5`")
+    cascade = cv2.CascadeClassifier(str(cascade_path))
     rng = np.random.default_rng(seed)
     yunet, haar, crops = [], [], []
     for face in faces:

@@ -37,7 +37,8 @@ def training_space(probs: np.ndarray, model: Path) -> np.ndarray:
 
 def teacher_probs(models: list[Path], data_path: str) -> tuple[FaceSet, np.ndarray]:
     """The training faces (at the models' input size) and the teachers' mean probabilities on them."""
-    total, data = None, None
+    total: np.ndarray | None = None
+    data: FaceSet | None = None
     for path in models:
         pred = load_predictor(path)
         if data is None:
@@ -50,6 +51,8 @@ def teacher_probs(models: list[Path], data_path: str) -> tuple[FaceSet, np.ndarr
         p = training_space(p.astype(np.float64), path)
         total = p if total is None else total + p
         log.info("%s: top-1 %.4f on %d faces", path, float((p.argmax(1) == data.y).mean()), len(data))
+    if data is None or total is None:
+        raise SystemExit("no teacher model given")
     return data, (total / len(models)).astype(np.float32)
 
 
