@@ -254,7 +254,6 @@ def analyze(settings: EdgeSettings, paths: Sequence[Path], fmt: str = "text", an
     if not paths:
         sys.stderr.write("deepfer-edge analyze: name at least one photo, video or folder (deepfer-edge analyze PATH...)\n")
         return 2
-    analyzer = Analyzer(settings, out or sys.stdout, fmt, annotate)
     failed = 0
     items: list[tuple[str, Path]] = []
     for path in paths:
@@ -263,6 +262,9 @@ def analyze(settings: EdgeSettings, paths: Sequence[Path], fmt: str = "text", an
         except InputError as exc:
             sys.stderr.write(f"deepfer-edge analyze: {exc}\n")
             failed += 1
+    if not items:  # a mistyped path is named at once, without first loading the model and detector
+        return EX_NOINPUT
+    analyzer = Analyzer(settings, out or sys.stdout, fmt, annotate)
     for kind, path in items:
         try:
             analyzer.image(path) if kind == "image" else analyzer.video(path)

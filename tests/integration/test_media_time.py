@@ -202,3 +202,13 @@ def test_analyze_reports_unreadable_input_in_one_line_and_goes_on(photos: Path, 
     assert "Traceback" not in run.stderr
     assert "missing.mp4: no such file or folder" in run.stderr and "broken.jpg: cannot be decoded" in run.stderr
     assert [Path(json.loads(line)["file"]).name for line in run.stdout.splitlines()] == ["justin.jpg"]
+
+
+def test_analyze_with_only_missing_paths_names_them_without_loading_the_model(tmp_path: Path) -> None:
+    run = subprocess.run([sys.executable, "-m", "edge.cli", "analyze", str(tmp_path / "missing.jpg"), str(tmp_path / "typo"),
+                          "--log-level", "INFO"], capture_output=True, text=True, timeout=120, cwd=REPO, env=env())
+    assert run.returncode == 66
+    assert run.stderr.strip().splitlines() == [
+        f"deepfer-edge analyze: {tmp_path / 'missing.jpg'}: no such file or folder",
+        f"deepfer-edge analyze: {tmp_path / 'typo'}: no such file or folder",
+    ]
