@@ -79,8 +79,8 @@ def _to_frame_box(x: float, y: float, w: float, h: float, scale: float, frame_w:
 def haar_cascade_path() -> Path | None:
     """The frontal-face cascade OpenCV ships, or None where it ships none (OpenCV 5)."""
     cascades = getattr(getattr(cv2, "data", None), "haarcascades", "")
-    path = Path(cascades) / HAAR_CASCADE if cascades else None
-    return path if path is not None and path.is_file() else None
+    path = Path(cascades) / HAAR_CASCADE
+    return path if cascades and path.is_file() else None
 
 
 @DETECTORS.register("haar")
