@@ -51,8 +51,7 @@ def teacher_probs(models: list[Path], data_path: str) -> tuple[FaceSet, np.ndarr
         p = training_space(p.astype(np.float64), path)
         total = p if total is None else total + p
         log.info("%s: top-1 %.4f on %d faces", path, float((p.argmax(1) == data.y).mean()), len(data))
-    if data is None or total is None:
-        raise SystemExit("no teacher model given")
+    assert data is not None and total is not None  # main's argparse takes one model at least
     return data, (total / len(models)).astype(np.float32)
 
 

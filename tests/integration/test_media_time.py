@@ -30,8 +30,8 @@ def env(**extra: str) -> dict[str, str]:
     return e
 
 
-def deepfer(*args: str, timeout: float = 120, **extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edge.cli", *args, "--log-level", "WARNING"], capture_output=True,
+def deepfer(*args: str, timeout: float = 120, log_level: str = "WARNING", **extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edge.cli", *args, "--log-level", log_level], capture_output=True,
                           text=True, timeout=timeout, cwd=REPO, env=env(**extra))
 
 
@@ -205,8 +205,7 @@ def test_analyze_reports_unreadable_input_in_one_line_and_goes_on(photos: Path, 
 
 
 def test_analyze_with_only_missing_paths_names_them_without_loading_the_model(tmp_path: Path) -> None:
-    run = subprocess.run([sys.executable, "-m", "edge.cli", "analyze", str(tmp_path / "missing.jpg"), str(tmp_path / "typo"),
-                          "--log-level", "INFO"], capture_output=True, text=True, timeout=120, cwd=REPO, env=env())
+    run = deepfer("analyze", str(tmp_path / "missing.jpg"), str(tmp_path / "typo"), log_level="INFO")
     assert run.returncode == 66
     assert run.stderr.strip().splitlines() == [
         f"deepfer-edge analyze: {tmp_path / 'missing.jpg'}: no such file or folder",

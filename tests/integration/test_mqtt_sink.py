@@ -672,7 +672,7 @@ def first_problem(sink: MqttSink, caplog: pytest.LogCaptureFixture, timeout: flo
     def warnings() -> list[str]:
         return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "retrying" in r.getMessage()]
 
-    assert wait_until(lambda: warnings(), timeout=timeout), f"no warning in {timeout} s; status {dict(sink.status())}"
+    assert wait_until(warnings, timeout=timeout), f"no warning in {timeout} s; status {dict(sink.status())}"
     assert sink.status()["failed_attempts"] >= 1
     return warnings()[0]
 
